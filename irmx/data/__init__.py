@@ -1,0 +1,1 @@
+"""Data: pure generators (synthetic SEMs) and loaders, returning jax/numpy arrays."""

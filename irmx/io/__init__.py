@@ -1,0 +1,1 @@
+"""Filesystem side of irmx: the workdir contract, metrics writers, checkpoints, plots."""

@@ -1,0 +1,89 @@
+"""The families' standard figures (matplotlib, Agg backend, written atomically)."""
+
+import os
+import tempfile
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def save_figure(fig, path: str) -> None:
+    """Save ``fig`` as PNG via a temp file and an atomic rename, then close it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def curves(history: list[dict], metrics, group_by=()):
+    """{metric: {group: (steps, mean, std)}} over learners, grouped by the vmapped coords."""
+    out = {}
+    for m in metrics:
+        groups = {}
+        for r in history:
+            if r.get(m) is None or r.get("diverged"):
+                continue
+            g = tuple(r[k] for k in group_by)
+            groups.setdefault(g, {}).setdefault(r["step"], []).append(r[m])
+        out[m] = {
+            g: (np.array(sorted(d)), np.array([np.mean(d[s]) for s in sorted(d)]),
+                np.array([np.std(d[s]) for s in sorted(d)]))
+            for g, d in groups.items()
+        }
+    return out
+
+
+def irm_run_figures(workdir: str, summary: dict, history: list[dict]) -> None:
+    """plots/curves.png: training risk and IRMv1 penalty over steps (mean +- std over seeds);
+    plots/errors.png: causal / non-causal error and held-out MSE of every learner."""
+    group_by = tuple(n for n in summary["axis"] if n != "seed")
+    metrics = ("risk", "penalty")
+    data = curves(history, metrics, group_by)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, m in zip(axes, metrics):
+        for g, (steps, mean, std) in sorted(data[m].items()):
+            label = ", ".join(f"{k}={v:g}" for k, v in zip(group_by, g)) or "mean over seeds"
+            ax.plot(steps, mean, label=label)
+            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(f"{m} ({summary.get('name', '')})")
+        ax.legend(fontsize=7)
+    save_figure(fig, os.path.join(workdir, "plots", "curves.png"))
+
+    names = ("causal_error", "noncausal_error", "heldout_mse")
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    rows = [r for r in summary["learners"] if not r["diverged"]]
+    for ax, m in zip(axes, names):
+        if group_by:
+            labels = sorted({tuple(r[k] for k in group_by) for r in rows})
+            vals = [[r[m] for r in rows if tuple(r[k] for k in group_by) == g] for g in labels]
+            ax.boxplot(vals, tick_labels=[",".join(f"{v:g}" for v in g) for g in labels])
+            ax.set_xlabel(",".join(group_by))
+        else:
+            ax.boxplot([[r[m] for r in rows]], tick_labels=[summary.get("name", "")])
+        ax.set_yscale("log")
+        ax.set_title(m)
+    save_figure(fig, os.path.join(workdir, "plots", "errors.png"))
+
+
+def irm_study_figure(path: str, per_seed: dict) -> None:
+    """Errors per experiment over seeds: one panel per metric, one box + points per experiment."""
+    names = list(per_seed)
+    metrics = list(next(iter(per_seed.values())))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.8))
+    for ax, m in zip(np.atleast_1d(axes), metrics):
+        vals = [np.array([v for v in per_seed[n][m] if v is not None], float) for n in names]
+        ax.boxplot(vals, tick_labels=names, showfliers=False)
+        for k, v in enumerate(vals):
+            jitter = np.linspace(-0.12, 0.12, len(v)) if len(v) > 1 else np.zeros(len(v))
+            ax.plot(k + 1 + jitter, v, ".", alpha=0.5, ms=4)
+        ax.set_yscale("log")
+        ax.set_title(m)
+        ax.tick_params(axis="x", labelrotation=30)
+    save_figure(fig, path)

@@ -1,0 +1,1 @@
+"""Invariance training: penalties, criteria, gradient managers and linear-IRM metrics."""
