@@ -42,20 +42,20 @@ def _base():
 
     c.criterion = ml_collections.ConfigDict()
     c.criterion.name = "erm"  # erm | erm_oracle | irmv1
-    c.criterion.penalty_weight = 1e3  # irmv1: lambda after annealing (convex mixing: r in [0,1])
+    c.criterion.penalty_weight = 100.0  # irmv1: lambda after annealing (convex mixing: r in [0,1])
     c.criterion.anneal_steps = 500  # irmv1: steps with lambda = 1 before lambda applies
     c.criterion.mixing = "additive"  # additive: g_e + lambda g_p | convex: r g_e + (1-r) g_p
 
     c.gradient_manager = ml_collections.ConfigDict()
     c.gradient_manager.name = "none"  # none | adareg | soft_adareg
-    c.gradient_manager.alpha = 1.0  # AdaReg: ||lambda_t g_p|| = alpha ||g_e||
+    c.gradient_manager.alpha = 30.0  # AdaReg: ||lambda_t g_p|| = alpha ||g_e||
     c.gradient_manager.beta = 0.9  # soft_adareg: EMA decay of the two norms
     c.gradient_manager.eps = 1e-8  # AdaReg: lambda_t = alpha ||g_e|| / (||g_p|| + eps)
     c.gradient_manager.per_tensor = False  # one lambda per parameter tensor (adareg) or global
 
     c.optim = ml_collections.ConfigDict()
     c.optim.name = "adam"  # adam | sgd
-    c.optim.lr = 1e-2  # learning rate (per learner; vmappable as vmapped.lr)
+    c.optim.lr = 0.1  # learning rate (per learner; vmappable as vmapped.lr)
     c.optim.momentum = 0.0  # sgd only
 
     c.num_steps = 3000  # full-batch optimizer steps
@@ -78,14 +78,17 @@ OVERRIDES = {
     "adareg_simple": {
         "criterion": {"name": "irmv1"},
         "gradient_manager": {"name": "adareg", "per_tensor": False},
+        "optim": {"lr": 0.03},
     },
     "adareg": {
         "criterion": {"name": "irmv1"},
         "gradient_manager": {"name": "adareg", "per_tensor": True},
+        "optim": {"lr": 0.03},
     },
     "soft_adareg": {
         "criterion": {"name": "irmv1"},
         "gradient_manager": {"name": "soft_adareg", "per_tensor": True},
+        "optim": {"lr": 0.03},
     },
 }
 
@@ -126,6 +129,7 @@ def _paper(c):
             "select_by": "heldout_mse",
         },
     })
+    c.study_order = ("erm", "irm")
     c.num_steps = 20000
     c.chunk_steps = 500
     c.checkpoint_every = 5000
@@ -143,6 +147,7 @@ def get_config(arg=None):
         elif part == "study":
             c.name = "study"
             c.study = ml_collections.ConfigDict({n: OVERRIDES[n] for n in EXPERIMENTS})
+            c.study_order = EXPERIMENTS
         elif part == "paper":
             c.name = "paper"
             c = _paper(c)
@@ -152,5 +157,6 @@ def get_config(arg=None):
             allowed = ", ".join((*OVERRIDES, "study", "paper", "smoke"))
             raise ValueError(f"unknown config variant {part!r}; allowed: {allowed}")
     if "study" not in c:
-        c.study = ml_collections.ConfigDict()  # present (empty) so the schema is the same
+        c.study = ml_collections.ConfigDict()  # experiment name -> overrides (study variants)
+        c.study_order = ()  # the order of the study's experiments in its table
     return c

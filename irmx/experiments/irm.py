@@ -210,8 +210,10 @@ def experiment_config(config, name: str):
     sub = ml_collections.ConfigDict(copy.deepcopy(config.to_dict()))
     overrides = sub.study[name].to_dict()
     del sub["study"]
+    sub.study_order = ()
     sub.update_from_flattened_dict(wd.flatten(overrides))
     sub.name = name
+    sub.study = ml_collections.ConfigDict()
     return sub
 
 
@@ -237,7 +239,10 @@ def format_table(rows: dict) -> str:
 
 def run_study(config, workdir: str, progress: bool = True) -> dict:
     """Run each experiment of ``config.study`` in ``workdir/<name>``; print one table."""
-    names = list(config.study.keys())
+    names = list(config.get("study_order") or config.study.keys())
+    unknown = [n for n in names if n not in config.study]
+    if unknown or len(names) != len(config.study):
+        cc.fail("study_order", tuple(names), "a permutation of " + ", ".join(config.study))
     subs = {name: experiment_config(config, name) for name in names}
     for sub in subs.values():
         validate(sub)  # every experiment's config is checked before the first compiles

@@ -44,20 +44,25 @@ class Progress:
     def __init__(self, name: str, total: int, enabled: bool = True):
         self.name, self.total, self.enabled = name, total, enabled
         self.start = time.time()
+        self.tty = sys.stderr.isatty()
+        self.last_quarter = -1
 
     def update(self, step: int, note: str = "") -> None:
         if not self.enabled:
             return
         frac = step / max(self.total, 1)
+        quarter = int(4 * frac)
+        if not self.tty and quarter == self.last_quarter:
+            return  # in logs, one line per quarter instead of a redrawn bar
+        self.last_quarter = quarter
         bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
         elapsed = time.time() - self.start
-        sys.stderr.write(
-            f"\r[{self.name}] {bar} step {step}/{self.total} {elapsed:6.1f}s {note}".ljust(79)
-        )
+        line = f"[{self.name}] {bar} step {step}/{self.total} {elapsed:6.1f}s {note}"
+        sys.stderr.write(f"\r{line:<79}" if self.tty else line + "\n")
         sys.stderr.flush()
 
     def done(self) -> None:
-        if self.enabled:
+        if self.enabled and self.tty:
             sys.stderr.write("\n")
             sys.stderr.flush()
 

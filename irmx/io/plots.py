@@ -20,6 +20,14 @@ def save_figure(fig, path: str) -> None:
     os.replace(tmp, path)
 
 
+def log_if_positive(ax, values) -> None:
+    """Log y-axis when every plotted value is positive (an exact zero, e.g. the oracle's
+    non-causal error, would be dropped from a log axis)."""
+    v = np.concatenate([np.ravel(np.asarray(x, float)) for x in values]) if values else []
+    if len(v) and np.all(v[np.isfinite(v)] > 0):
+        ax.set_yscale("log")
+
+
 def curves(history: list[dict], metrics, group_by=()):
     """{metric: {group: (steps, mean, std)}} over learners, grouped by the vmapped coords."""
     out = {}
@@ -50,7 +58,7 @@ def irm_run_figures(workdir: str, summary: dict, history: list[dict]) -> None:
             label = ", ".join(f"{k}={v:g}" for k, v in zip(group_by, g)) or "mean over seeds"
             ax.plot(steps, mean, label=label)
             ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
-        ax.set_yscale("log")
+        log_if_positive(ax, [mean for _, mean, _ in data[m].values()])
         ax.set_xlabel("step")
         ax.set_title(f"{m} ({summary.get('name', '')})")
         ax.legend(fontsize=7)
@@ -66,8 +74,9 @@ def irm_run_figures(workdir: str, summary: dict, history: list[dict]) -> None:
             ax.boxplot(vals, tick_labels=[",".join(f"{v:g}" for v in g) for g in labels])
             ax.set_xlabel(",".join(group_by))
         else:
-            ax.boxplot([[r[m] for r in rows]], tick_labels=[summary.get("name", "")])
-        ax.set_yscale("log")
+            vals = [[r[m] for r in rows]]
+            ax.boxplot(vals, tick_labels=[summary.get("name", "")])
+        log_if_positive(ax, vals)
         ax.set_title(m)
     save_figure(fig, os.path.join(workdir, "plots", "errors.png"))
 
@@ -83,7 +92,7 @@ def irm_study_figure(path: str, per_seed: dict) -> None:
         for k, v in enumerate(vals):
             jitter = np.linspace(-0.12, 0.12, len(v)) if len(v) > 1 else np.zeros(len(v))
             ax.plot(k + 1 + jitter, v, ".", alpha=0.5, ms=4)
-        ax.set_yscale("log")
+        log_if_positive(ax, vals)
         ax.set_title(m)
         ax.tick_params(axis="x", labelrotation=30)
     save_figure(fig, path)

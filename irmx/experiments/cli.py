@@ -1,0 +1,76 @@
+"""What every ``launch/<family>.py`` main shares: --config, --workdir, --print_config."""
+
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from irmx.config_checks import ConfigError
+from irmx.io.workdir import WorkdirError
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(default_config: str) -> None:
+    """--config (a config file[:variant], locked: a misspelt key is an error), --workdir,
+    --print_config (print the resolved config and exit)."""
+    config_flags.DEFINE_config_file(
+        "config", default_config, "Config file[:variant]; override fields with --config.a.b=v.",
+        lock_config=True,
+    )
+    flags.DEFINE_string("workdir", None, "Run directory (created; an existing one resumes).")
+    flags.DEFINE_bool("print_config", False, "Print the resolved config and exit.")
+    flags.DEFINE_bool("progress", True, "Show a progress line while training.")
+
+
+def parse_flags(argv):
+    """absl flag parsing with one-line errors (a misspelt config key names the key)."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, ValueError) as e:
+        _exit_with(e)
+
+
+def _exit_with(e: Exception):
+    """Print the one line that says what is wrong (not the config loader's traceback); exit 2."""
+    text = str(e).strip().strip("'").replace("\\n", "\n")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    msg = lines[-1] if "Traceback" in text else " ".join(lines)
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_main(run_fn, default_config: str) -> None:
+    """Define the flags, then ``app.run`` ``make_main(run_fn)`` with one-line flag errors.
+
+    ml_collections applies ``--config.a.b=v`` overrides while the flag is defined, so a misspelt
+    key is caught here too.
+    """
+    try:
+        define_flags(default_config)
+    except (flags.Error, AttributeError, KeyError, ValueError) as e:
+        _exit_with(e)
+    app.run(make_main(run_fn), flags_parser=parse_flags)
+
+
+def make_main(run_fn):
+    """An absl main that validates flags, then calls ``run_fn(config, workdir, progress)``."""
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        config = FLAGS.config
+        if FLAGS.print_config:
+            print(config)
+            return 0
+        if not FLAGS.workdir:
+            raise app.UsageError("--workdir is required (where the run's files go)")
+        try:
+            run_fn(config, os.path.expanduser(FLAGS.workdir), progress=FLAGS.progress)
+        except (ConfigError, WorkdirError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+
+    return main
