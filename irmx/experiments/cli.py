@@ -37,6 +37,8 @@ def _exit_with(e: Exception):
     text = str(e).strip().strip("'").replace("\\n", "\n")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     msg = lines[-1] if "Traceback" in text else " ".join(lines)
+    if isinstance(e, (AttributeError, KeyError)):
+        msg = "unknown config key " + msg.replace("\\'", "'")
     print(f"error: {msg}", file=sys.stderr)
     sys.exit(2)
 
