@@ -3,7 +3,7 @@
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from irmx.config_checks import ConfigError
@@ -62,6 +62,8 @@ def make_main(run_fn):
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        if not FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
         config = FLAGS.config
         if FLAGS.print_config:
             print(config)
