@@ -197,12 +197,32 @@ def build_program(config) -> Program:
     return program
 
 
-def run(config, workdir: str, progress: bool = True, max_chunks: int | None = None) -> dict:
-    """Train every learner of ``config`` in ``workdir``; returns summary.json's content."""
+def run(config, workdir: str, progress: bool = True, max_chunks: int | None = None,
+        report: bool = True) -> dict:
+    """Train every learner of ``config`` in ``workdir``; returns summary.json's content.
+
+    A config with a ``study`` runs each of its experiments (``run_study``). ``report`` prints
+    the result table (with ``progress``)."""
     if config.get("study"):
         return run_study(config, workdir, progress=progress)
     program = build_program(config)
-    return run_program(program, config.to_dict(), workdir, progress, max_chunks)
+    summary = run_program(program, config.to_dict(), workdir, progress, max_chunks)
+    if summary and progress and report:
+        print(f"\n{config.name}: {len(summary['axis']['seed'])} seeds, setting "
+              f"{config.data.setting} (mean +- std over seeds)\n{format_table(grid_rows(summary))}")
+    return summary
+
+
+def grid_rows(summary: dict) -> dict:
+    """Table rows of one run: each grid point, and the per-seed selection when there is one."""
+    names = [n for n in summary["axis"] if n != "seed"]
+    rows = {}
+    for point in summary["grid"]:
+        label = ",".join(f"{n}={point[n]:g}" for n in names) or summary.get("name", "run")
+        rows[label] = {k: point[k] for k in TABLE_METRICS}
+    if "selected" in summary:
+        rows[f"selected by {summary['selected']['by']}"] = table_row(summary)
+    return rows
 
 
 def experiment_config(config, name: str):
@@ -225,7 +245,8 @@ def table_row(summary: dict) -> dict:
 
 def format_table(rows: dict) -> str:
     """One line per experiment: mean +- std over seeds of each table metric."""
-    head = f"{'experiment':<18}" + "".join(f"{m:>24}" for m in TABLE_METRICS)
+    width = max([18] + [len(n) + 2 for n in rows])
+    head = f"{'experiment':<{width}}" + "".join(f"{m:>24}" for m in TABLE_METRICS)
     lines = [head, "-" * len(head)]
     for name, row in rows.items():
         cells = "".join(
@@ -233,7 +254,7 @@ def format_table(rows: dict) -> str:
             else f"{row[m]['mean']:>13.4f} +- {row[m]['std']:<7.4f}"
             for m in TABLE_METRICS
         )
-        lines.append(f"{name:<18}{cells}")
+        lines.append(f"{name:<{width}}{cells}")
     return "\n".join(lines)
 
 
@@ -247,7 +268,9 @@ def run_study(config, workdir: str, progress: bool = True) -> dict:
     for sub in subs.values():
         validate(sub)  # every experiment's config is checked before the first compiles
     with wd.Workdir(workdir, config.to_dict()) as w:
-        summaries = {n: run(subs[n], os.path.join(workdir, n), progress) for n in names}
+        summaries = {
+            n: run(subs[n], os.path.join(workdir, n), progress, report=False) for n in names
+        }
         rows = {n: table_row(s) for n, s in summaries.items()}
         table = format_table(rows)
         seeds = len(summaries[names[0]]["axis"]["seed"])
