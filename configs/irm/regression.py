@@ -118,11 +118,13 @@ def _paper(c):
     ERM on all three environments pooled; IRM with x Phi w (Phi from the identity, w = 1), Adam
     lr 1e-3, loss r * error + (1 - r) * penalty with r in {0, 1e-5, ..., 1e-1} vmapped, r picked
     per seed by MSE on the third environment. The reference trains 100000 iterations; this runs
-    20000 by default (``--config.num_steps=100000`` for the full protocol)."""
+    20000 by default (``--config.num_steps=100000`` for the full protocol). IRM is 192 learners
+    (32 seeds x 6 weights): about 10 minutes on 2 CPU cores at 20000 steps."""
     c.study = ml_collections.ConfigDict({
         "erm": {"criterion": {"name": "erm"}, "data": {"erm_on_all_envs": True}},
         "irm": {
-            "criterion": {"name": "irmv1", "mixing": "convex", "anneal_steps": 0},
+            "criterion": {"name": "irmv1", "mixing": "convex", "anneal_steps": 0,
+                          "penalty_weight": 1e-3},
             "model": {"name": "phi_w"},
             "optim": {"lr": 1e-3},
             "vmapped": {"penalty_weight": (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)},

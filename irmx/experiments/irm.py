@@ -78,6 +78,8 @@ def validate(config) -> None:
             cc.fail(f"vmapped.{name}", values, ", ".join(VMAPPABLE))
         if values:
             cc.numbers(config, f"vmapped.{name}", 0.0, low_open=name == "lr")
+    if config.criterion.mixing == "convex" and config.vmapped.get("penalty_weight"):
+        cc.numbers(config, "vmapped.penalty_weight", 0.0, 1.0)
     if config.vmapped.get("beta"):
         cc.numbers(config, "vmapped.beta", 0.0, 0.999999)
     if config.select_by and config.select_by not in TABLE_METRICS + ("risk", "penalty"):
