@@ -10,9 +10,12 @@ each); study (the first five, one table: ``make run``, about a minute on 2 CPU c
 (tiny, seconds); paper (the IRM reference's protocol, see ``_paper``). Any field can be
 overridden, e.g. ``--config.data.setting=PES --config.num_seeds=4``.
 
-Expected on FEU (32 seeds, study): ERM keeps a large weight on the effects Z (non-causal error
-~0.1-0.2); ERM-oracle recovers the causal weights (both errors ~1e-4); IRMv1 and AdaReg cut the
-non-causal error several-fold and lower the held-out (sigma = 5) MSE.
+Expected on FEU (32 seeds, study; measured): ERM puts weight on the effects Z (causal and
+non-causal error ~0.45); the oracle recovers the causal weights (causal error ~2e-3, non-causal
+0); IRMv1 cuts the non-causal error ~100x (~0.005), AdaReg ~30x (~0.015). On heteroskedastic
+settings Z is a near-noiseless copy of Y, so the held-out MSE rewards using Z: the causal model
+pays the noise on Y, 5 sigma^2 = 125, ERM ~16. Held-out MSE does not measure invariance there,
+and ``select_by=heldout_mse`` picks the smallest penalty weight on FEU.
 """
 
 import ml_collections

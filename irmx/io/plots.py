@@ -3,11 +3,17 @@
 import os
 import tempfile
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+# Figures are built with matplotlib.figure.Figure, not pyplot: no global backend is set, so
+# importing irmx leaves a notebook's inline plotting alone, and nothing leaks between figures.
+
+
+def subplots(ncols: int, figsize):
+    fig = Figure(figsize=figsize)
+    axes = fig.subplots(1, ncols)
+    return fig, np.atleast_1d(axes)
 
 
 def save_figure(fig, path: str) -> None:
@@ -16,7 +22,6 @@ def save_figure(fig, path: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".png")
     os.close(fd)
     fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    plt.close(fig)
     os.replace(tmp, path)
 
 
@@ -52,12 +57,13 @@ def irm_run_figures(workdir: str, summary: dict, history: list[dict]) -> None:
     group_by = tuple(n for n in summary["axis"] if n != "seed")
     metrics = ("risk", "penalty")
     data = curves(history, metrics, group_by)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = subplots(2, figsize=(10, 3.6))
     for ax, m in zip(axes, metrics):
         for g, (steps, mean, std) in sorted(data[m].items()):
             label = ", ".join(f"{k}={v:g}" for k, v in zip(group_by, g)) or "mean over seeds"
             ax.plot(steps, mean, label=label)
-            ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
+            # the band's lower edge is kept positive so a log axis does not clip it
+            ax.fill_between(steps, np.maximum(mean - std, mean * 0.05), mean + std, alpha=0.2)
         log_if_positive(ax, [mean for _, mean, _ in data[m].values()])
         ax.set_xlabel("step")
         ax.set_title(f"{m} ({summary.get('name', '')})")
@@ -65,7 +71,7 @@ def irm_run_figures(workdir: str, summary: dict, history: list[dict]) -> None:
     save_figure(fig, os.path.join(workdir, "plots", "curves.png"))
 
     names = ("causal_error", "noncausal_error", "heldout_mse")
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    fig, axes = subplots(3, figsize=(11, 3.4))
     rows = [r for r in summary["learners"] if not r["diverged"]]
     for ax, m in zip(axes, names):
         if group_by:
@@ -85,8 +91,8 @@ def irm_study_figure(path: str, per_seed: dict) -> None:
     """Errors per experiment over seeds: one panel per metric, one box + points per experiment."""
     names = list(per_seed)
     metrics = list(next(iter(per_seed.values())))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.8))
-    for ax, m in zip(np.atleast_1d(axes), metrics):
+    fig, axes = subplots(len(metrics), figsize=(4 * len(metrics), 3.8))
+    for ax, m in zip(axes, metrics):
         vals = [np.array([v for v in per_seed[n][m] if v is not None], float) for n in names]
         ax.boxplot(vals, tick_labels=names, showfliers=False)
         for k, v in enumerate(vals):

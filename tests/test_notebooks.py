@@ -1,0 +1,71 @@
+"""The notebooks run headless, top to bottom, without error (slow: ``pytest --runslow``).
+
+The kernel is ``python3``. jupyter_client starts it with the interpreter running pytest
+(``sys.executable``, e.g. ``.venv/bin/python``): both the kernelspec that ipykernel installs into
+the venv and ipykernel's built-in one launch ``python -m ipykernel_launcher``, and jupyter_client
+replaces a bare ``python`` with ``sys.executable``. The test checks that, so a kernel from another
+environment cannot pass (or fail) for the wrong reason.
+"""
+
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOK_DIR = os.path.join(ROOT, "notebooks")
+CELL_TIMEOUT_S = 600
+
+
+def _execute(name: str):
+    """Execute ``notebooks/<name>`` in a fresh python3 kernel (cwd = notebooks/); returns the
+    executed notebook and the kernel's ``sys.prefix``."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    nb = nbformat.read(os.path.join(NOTEBOOK_DIR, name), as_version=4)
+    probe = nbformat.v4.new_code_cell("import sys; print(sys.prefix)")
+    nb.cells.append(probe)
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=CELL_TIMEOUT_S,
+        startup_timeout=180,
+        kernel_name="python3",
+        resources={"metadata": {"path": NOTEBOOK_DIR}},
+    )
+    client.execute()  # raises CellExecutionError (with the cell and traceback) on any error
+    prefix = _text(nb.cells.pop()).strip()
+    return nb, prefix
+
+
+def _text(cell) -> str:
+    """All text a code cell printed or returned (streams, results, display data)."""
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif out.output_type in ("execute_result", "display_data"):
+            parts.append(out.get("data", {}).get("text/plain", ""))
+    return "".join(parts)
+
+
+@pytest.mark.slow
+def test_irm_regression_notebook():
+    from configs.irm.regression import EXPERIMENTS
+
+    nb, kernel_prefix = _execute("irm_regression.ipynb")
+    assert kernel_prefix == sys.prefix, (
+        f"the notebook ran in {kernel_prefix}, not in this environment ({sys.prefix})"
+    )
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [o for c in code_cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors, errors
+    assert all(c.get("execution_count") for c in code_cells), "a cell did not run"
+    tables = [c for c in code_cells if "study-table" in c.metadata.get("tags", [])]
+    assert len(tables) == 1, "the notebook should have one cell tagged 'study-table'"
+    table = _text(tables[0])
+    missing = [name for name in EXPERIMENTS if name not in table]
+    assert not missing, f"experiments {missing} missing from the study table:\n{table}"
+    images = [o for c in code_cells for o in c.get("outputs", [])
+              if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+    assert len(images) >= 2, "the study's plots were not displayed"
