@@ -56,6 +56,17 @@ def run_main(run_fn, default_config: str) -> None:
     app.run(make_main(run_fn), flags_parser=parse_flags)
 
 
+def enable_compilation_cache() -> None:
+    """JAX's persistent compilation cache: a repeated command skips XLA compilation (most of a
+    small run's time). ``IRMX_JAX_CACHE`` sets the folder; empty disables it."""
+    import jax
+
+    folder = os.environ.get("IRMX_JAX_CACHE", os.path.expanduser("~/.cache/irmx/jax"))
+    if folder:
+        jax.config.update("jax_compilation_cache_dir", folder)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def make_main(run_fn):
     """An absl main that validates flags, then calls ``run_fn(config, workdir, progress)``."""
 
@@ -64,6 +75,7 @@ def make_main(run_fn):
             raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
         if not FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+        enable_compilation_cache()
         config = FLAGS.config
         if FLAGS.print_config:
             print(config)
