@@ -36,7 +36,7 @@ def number(config, key: str, low=-math.inf, high=math.inf, *, integer=False,
     ):
         fail(key, value, "an integer" if integer else "a number")
     bad = (
-        not math.isfinite(value) and math.isfinite(low) and math.isfinite(high)
+        not math.isfinite(value)
         or (value <= low if low_open else value < low)
         or (value >= high if high_open else value > high)
     )
@@ -46,16 +46,18 @@ def number(config, key: str, low=-math.inf, high=math.inf, *, integer=False,
         fail(key, value, f"{'an integer' if integer else 'a number'} in {lo}{low}, {high}{hi}")
 
 
-def numbers(config, key: str, low=-math.inf, high=math.inf, *, low_open=False, min_len=0) -> None:
-    """A sequence of numbers, each in range."""
+def numbers(config, key: str, low=-math.inf, high=math.inf, *, low_open=False, min_len=0,
+            integer=False) -> None:
+    """A sequence of finite numbers (integers when ``integer``), each in range."""
     values = _get(config, key)
+    kind = "integers" if integer else "numbers"
     if not isinstance(values, (list, tuple)) or len(values) < min_len:
-        fail(key, values, f"a sequence of at least {min_len} numbers")
+        fail(key, values, f"a sequence of at least {min_len} {kind}")
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or (
-            v <= low if low_open else v < low
-        ) or v > high:
-            fail(key, values, f"numbers in {'(' if low_open else '['}{low}, {high}]")
+        if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)) or (
+            not math.isfinite(v)
+        ) or (v <= low if low_open else v < low) or v > high:
+            fail(key, values, f"finite {kind} in {'(' if low_open else '['}{low}, {high}]")
 
 
 def multiple_of(config, key: str, divisor_key: str) -> None:
