@@ -36,6 +36,7 @@ class Program:
     checkpoint_every: int  # steps; a multiple of chunk_steps
     select_by: str = ""
     plot: Callable | None = None  # plot(workdir_path, summary, history_rows)
+    keep_steps: tuple = ()  # steps whose checkpoints are kept for good (numbered checkpoints)
 
 
 class Progress:
@@ -107,8 +108,10 @@ def run_program(
             return wd.read_json(w.file("summary.json"))
         num_chunks = program.num_steps // program.chunk_steps
         state, data = program.init()
-        manager = checkpoints.make_manager(w.file("ckpt"))
+        manager = checkpoints.make_manager(w.file("ckpt"), keep_steps=program.keep_steps)
         state, step = checkpoints.restore_latest(manager, state)
+        if step == 0 and 0 in program.keep_steps:
+            checkpoints.save(manager, 0, state)  # the initialisation, as a numbered checkpoint
         if step:
             print(f"[{program.name}] resuming {w.path} from step {step}.")
         w.set_status("running", step, num_learners=program.axis.size)
@@ -128,7 +131,8 @@ def run_program(
                 done_chunks += 1
                 writer.write(_rows(program.axis, step, metrics))
                 _write_tb(tb, step, metrics, metrics["diverged"])
-                if step % program.checkpoint_every == 0 or step == program.num_steps:
+                if (step % program.checkpoint_every == 0 or step == program.num_steps
+                        or step in program.keep_steps):
                     checkpoints.save(manager, step, state)
                 bar.update(step, f"diverged {int(np.sum(metrics['diverged']))}")
             bar.done()
