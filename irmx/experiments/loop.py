@@ -83,11 +83,12 @@ def _write_tb(writer: SummaryWriter, step: int, metrics_N: dict, diverged_N) -> 
     ok = ~np.asarray(diverged_N, bool)
     for k, v in metrics_N.items():
         v = np.asarray(v, np.float64)
-        if v.ndim != 1 or not ok.any():
-            continue
+        if v.ndim != 1 or not np.isfinite(v[ok]).any():
+            continue  # e.g. evaluation metrics of a chunk that did not evaluate
         writer.add_scalar(f"mean/{k}", float(np.nanmean(v[ok])), step)
         for i, x in enumerate(v):
-            writer.add_scalar(f"learner_{i:03d}/{k}", float(x), step)
+            if np.isfinite(x):
+                writer.add_scalar(f"learner_{i:03d}/{k}", float(x), step)
 
 
 def run_program(

@@ -1,5 +1,6 @@
 """flax.linen models, chosen by name through ``make_model``."""
 
+from irmx.nets.classifiers import CLASSIFIER_PATTERNS, is_classifier_name, make_classifier
 from irmx.nets.regression import MLP, Linear, PhiW
 
 MODELS = ("linear", "phi_w", "mlp")
@@ -13,4 +14,10 @@ def make_model(name: str, **kwargs):
         return PhiW()
     if name == "mlp":
         return MLP(hidden=tuple(kwargs["hidden"]), out_dim=kwargs.get("out_dim", 1))
-    raise ValueError(f"config.model.name={name!r} unknown; allowed: {', '.join(MODELS)}")
+    if is_classifier_name(name):  # image classifiers (irmx.nets.classifiers)
+        return make_classifier(
+            name, kwargs.get("num_classes", 10), batchnorm=kwargs.get("batchnorm", False),
+            weight_init=kwargs.get("weight_init", "pytorch"),
+        )
+    allowed = ", ".join(MODELS + CLASSIFIER_PATTERNS)
+    raise ValueError(f"config.model.name={name!r} unknown; allowed: {allowed}")

@@ -1,0 +1,44 @@
+r"""Data-driven measures of trained checkpoints (the seed's compute_stats.py).
+
+  python launch/measures.py --config=configs/measures/jacobian.py \
+      --config.source=runs/c10-r18 --config.checkpoint=1 --config.metric=jacobian_operator_norm \
+      --config.normalization=softmax --config.dataset_split=train --config.num_samples=49000 \
+      --config.batch_size=140 --config.skip=0 --workdir=runs/c10-r18-stats
+
+``source`` is a workdir of ``launch/train.py``; checkpoint i is the model after that run's
+``checkpoint_epochs[i]`` epochs (-1: every checkpoint). All seeds (and with -1 all
+checkpoints) are measured in one vmapped program. Per-batch JSON goes to
+``<workdir>/<name>/<model>/<data>/<setting>/seed-<seed>/<metric>-<batch_id>.json`` (the seed's
+layout); summary.json holds, per seed and checkpoint, the metric's mean over the measured points
+(clean and label-corrupted training points also separately).
+"""
+
+import ml_collections
+
+
+def get_config(arg=None):
+    c = ml_collections.ConfigDict()
+    c.name = "stats"  # the seed's NAME: first folder of the per-batch outputs
+    c.source = ""  # training workdir (launch/train.py)
+    c.checkpoint = 1  # numbered checkpoint of the source run; -1 = all of them
+    c.metric = "jacobian_operator_norm"  # jacobian | jacobian_operator_norm | accuracy | ...
+    c.normalization = "none"  # none | softmax | logsoftmax | crossentropy
+    c.mode = ""  # per_output | bigmem | matrix_free; "" = matrix_free for the operator norm,
+    #              per_output otherwise (the seed's default)
+    c.target_logit_only = False  # Jacobian of the target logit only
+    c.dataset_split = "train"  # train | val | test
+    c.num_samples = 1000  # points measured (the first num_samples of a fixed random order)
+    c.batch_size = 100  # points per batch and per output file; must divide num_samples
+    c.skip = 0  # first point of this worker (a multiple of batch_size)
+    c.mc_sample_seed = 0  # seed of the random point order (stream mc_sample)
+    c.tol = 1e-5  # matrix_free: relative tolerance of power iteration (seed: 1e-2)
+    c.max_iters = 200  # matrix_free: iteration cap (seed: 10)
+    c.num_probes = 64  # matrix_free Frobenius (Hutchinson): probes per sample
+    if arg == "smoke":
+        c.num_samples = 40
+        c.batch_size = 20
+    elif arg == "seed_power_iteration":
+        c.tol, c.max_iters = 1e-2, 10
+    elif arg:
+        raise ValueError(f"unknown config variant {arg!r}; allowed: smoke, seed_power_iteration")
+    return c

@@ -1,0 +1,209 @@
+"""Generic classifier trainer: noisy-label training of every learner as one vmapped program.
+
+``run(config, workdir)`` writes the workdir contract; checkpoint i (for ``launch/measures.py``)
+is the model after ``config.checkpoint_epochs[i]`` epochs, kept for good in ``ckpt/``.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from irmx import classification, rng
+from irmx import config_checks as cc
+from irmx.data import images as images_lib
+from irmx.experiments.loop import Program, run_program
+from irmx.learners import axis_from_config, shard_learners
+from irmx.nets.classifiers import make_classifier
+from irmx.train import init_state, make_train_chunk, make_train_step
+
+VMAPPABLE = {"lr": "learning_rate", "weight_decay": "weight_decay"}
+SHARED = ("images", "test_images", "test_labels")  # data every learner reads (vmap in_axes None)
+
+
+def validate(config, num_pool=None) -> None:
+    """Every value checked before any compilation; ``num_pool`` = size of the train pool."""
+    if config.get("seeds"):
+        cc.numbers(config, "seeds", 0, 2**32 - 1, min_len=1, integer=True)
+    else:
+        cc.number(config, "seed", 0, 2**32 - 1, integer=True)
+        cc.number(config, "num_seeds", 1, 100_000, integer=True)
+    cc.choice(config, "data.name", images_lib.DATASETS)
+    cc.number(config, "data.label_noise", 0.0, 1.0)
+    cc.number(config, "data.train_split", 1, integer=True)
+    cc.number(config, "data.val_split", 0, integer=True)
+    cc.number(config, "data.data_seed", -1, 2**32 - 1, integer=True)
+    cc.choice(config, "data.augmentation", (True, False))
+    cc.number(config, "data.padding", 0, 64, integer=True)
+    if num_pool is not None and config.data.train_split + config.data.val_split > num_pool:
+        cc.fail("data.train_split", config.data.train_split,
+                f"train_split + val_split (= {config.data.train_split + config.data.val_split})"
+                f" at most the {num_pool} training images of {config.data.name}")
+    cc.choice(config, "model.batchnorm", (True, False))
+    make_classifier(config.model.name, 10)  # unknown names fail here, naming the key
+    cc.choice(config, "optim.name", ("sgd", "adam"))
+    cc.number(config, "optim.lr", 0.0, low_open=True)
+    cc.number(config, "optim.momentum", 0.0, 1.0, high_open=True)
+    cc.number(config, "optim.weight_decay", 0.0)
+    cc.number(config, "optim.warmup_epochs", 0, integer=True)
+    cc.number(config, "optim.warmup_initial", 0.0)
+    cc.number(config, "batch_size", 1, integer=True)
+    if config.batch_size > config.data.train_split:
+        cc.fail("batch_size", config.batch_size,
+                f"at most data.train_split={config.data.train_split}")
+    cc.number(config, "epochs", 1, integer=True)
+    cc.number(config, "eval_every", 1, integer=True)
+    cc.number(config, "eval_batch_size", 1, integer=True)
+    cc.numbers(config, "checkpoint_epochs", 0, config.epochs, min_len=1, integer=True)
+    if list(config.checkpoint_epochs) != sorted(set(config.checkpoint_epochs)):
+        cc.fail("checkpoint_epochs", config.checkpoint_epochs, "strictly increasing epochs")
+    cc.number(config, "checkpoint_every", 1, integer=True)
+    for name, values in config.vmapped.items():
+        if name not in VMAPPABLE:
+            cc.fail(f"vmapped.{name}", values, ", ".join(VMAPPABLE))
+        if values:
+            cc.numbers(config, f"vmapped.{name}", 0.0, low_open=name == "lr")
+
+
+def learner_data(config, seed, pool_labels, num_classes: int):
+    """A learner's split, noisy training labels and shuffle key (pure; vmapped over seeds).
+
+    Streams come from the learner's seed, or from ``data.data_seed`` for every learner."""
+    d = config.data
+    data_seed = seed if d.data_seed < 0 else jnp.uint32(d.data_seed)
+    train_idx, val_idx = images_lib.split_train_val(
+        pool_labels.shape[0], d.train_split, d.val_split, rng.stream(data_seed, "data_split")
+    )
+    clean = pool_labels[train_idx]
+    noisy, corrupted = images_lib.symmetric_label_noise(
+        clean, d.label_noise, num_classes, rng.stream(data_seed, "label_noise")
+    )
+    return {
+        "train_idx": train_idx,
+        "val_idx": val_idx,
+        "train_labels": noisy,
+        "clean_labels": clean,
+        "val_labels": pool_labels[val_idx],
+        "corrupted": corrupted,
+        "shuffle_key": jax.random.key_data(rng.stream(seed, "shuffle")),
+    }
+
+
+def data_axes(data: dict) -> dict:
+    return {k: (None if k in SHARED else 0) for k in data}
+
+
+def build_program(config, dataset=None) -> Program:
+    """Validate, load the data set (host), and close over it: pure learner-vmapped training."""
+    validate(config)
+    if dataset is None:
+        dataset = images_lib.load_image_data(config.data.name, config.data.data_dir or None)
+    pool_x, pool_y = dataset["train"]
+    validate(config, num_pool=pool_x.shape[0])
+    num_classes = dataset["num_classes"]
+    axis = axis_from_config(config)
+    model = make_classifier(config.model.name, num_classes, batchnorm=config.model.batchnorm)
+    apply_fn = model.apply
+    spe = config.data.train_split // config.batch_size
+    optimizer = classification.make_optimizer(config.optim, spe)
+    augment = None
+    if config.data.augmentation:
+        augment = lambda key, x: images_lib.random_crop_flip(key, x, config.data.padding)
+    batch_fn = classification.make_batch_fn(config.batch_size, spe, augment)
+    train_step = make_train_step(classification.make_loss_terms(apply_fn), optimizer, batch_fn)
+    epoch = make_train_chunk(train_step, spe)
+    ebs = config.eval_batch_size
+
+    def evaluate_one(state, data):
+        params = state.params
+        train_x = data["images"][data["train_idx"]]
+        ev = lambda x, y: classification.evaluate_split(apply_fn, params, x, y, ebs)
+        splits = {
+            "train": (train_x, data["train_labels"]),  # the (noisy) labels it was trained on
+            "train_clean": (train_x, data["clean_labels"]),
+            "test": (data["test_images"], data["test_labels"]),
+        }
+        if config.data.val_split:
+            splits["val"] = (data["images"][data["val_idx"]], data["val_labels"])
+        return {f"{s}_{k}": v for s, (x, y) in splits.items() for k, v in ev(x, y).items()}
+
+    def chunk_one(state, data):
+        state, metrics = epoch(state, data)
+        ep = state.step // spe
+        due = (ep % config.eval_every == 0) | (ep == config.epochs)
+        names = evaluate_names(config)
+        nan = {k: jnp.full((), jnp.nan) for k in names}
+        metrics.update(jax.lax.cond(due, lambda: evaluate_one(state, data), lambda: nan))
+        metrics["epoch"] = ep
+        return state, metrics
+
+    hparam_map = {VMAPPABLE[n]: n for n in axis.hparam_names}
+    shared = {
+        "images": jnp.asarray(pool_x),
+        "test_images": jnp.asarray(dataset["test"][0]),
+        "test_labels": jnp.asarray(dataset["test"][1]),
+    }
+
+    def init_one(seed, hparams):
+        per = learner_data(config, seed, jnp.asarray(pool_y), num_classes)
+        params = model.init(rng.stream(seed, "init"), shared["images"][:1])
+        injected = {opt: hparams[name] for opt, name in hparam_map.items()}
+        state = init_state(params, optimizer, rng.stream(seed, "shuffle"), injected)
+        return state, per
+
+    init_jit = jax.jit(jax.vmap(init_one))
+
+    def init():
+        with jax.threefry_partitionable(False):
+            state, per = init_jit(shard_learners(axis.seed_array()),
+                                  shard_learners(axis.hparams()))
+        return state, {**per, **shared}
+
+    per_learner = ("train_idx", "val_idx", "train_labels", "clean_labels", "val_labels",
+                   "corrupted", "shuffle_key")
+    axes = data_axes({**{k: 0 for k in per_learner}, **shared})
+    program = Program(
+        name=config.name,
+        axis=axis,
+        init=init,
+        chunk=jax.jit(jax.vmap(chunk_one, in_axes=(0, axes))),
+        evaluate=jax.jit(jax.vmap(evaluate_one, in_axes=(0, axes))),
+        num_steps=config.epochs * spe,
+        chunk_steps=spe,
+        checkpoint_every=config.checkpoint_every * spe,
+        keep_steps=tuple(e * spe for e in config.checkpoint_epochs),
+    )
+    program.trace_counter = epoch
+    program.model = model
+    program.steps_per_epoch = spe
+    return program
+
+
+def evaluate_names(config) -> tuple:
+    splits = ["train", "train_clean", "test"] + (["val"] if config.data.val_split else [])
+    return tuple(f"{s}_{k}" for s in splits for k in ("loss", "accuracy"))
+
+
+def checkpoint_steps(config) -> tuple:
+    """Step of each numbered checkpoint: checkpoint i = epoch checkpoint_epochs[i]."""
+    spe = config.data.train_split // config.batch_size
+    return tuple(e * spe for e in config.checkpoint_epochs)
+
+
+def run(config, workdir: str, progress: bool = True, max_chunks=None) -> dict:
+    program = build_program(config)
+    summary = run_program(program, config.to_dict(), workdir, progress, max_chunks)
+    if summary and progress:
+        print(format_summary(summary))
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"{summary['name']}: final metrics per learner"]
+    keys = [k for k in ("train_accuracy", "train_clean_accuracy", "val_accuracy",
+                        "test_accuracy", "test_loss") if k in summary["learners"][0]]
+    lines.append(f"{'learner':<24}" + "".join(f"{k:>22}" for k in keys))
+    for r in summary["learners"]:
+        label = ",".join(f"{n}={r[n]:g}" for n in summary["axis"])
+        cells = "".join(f"{r[k]:>22.4f}" if r[k] is not None else f"{'-':>22}" for k in keys)
+        lines.append(f"{label:<24}{cells}")
+    return "\n".join(lines)

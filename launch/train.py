@@ -1,0 +1,25 @@
+"""Generic classifier trainer (noisy labels; the measures family's train.py).
+
+  python launch/train.py --config=configs/measures/noisy_classification.py --workdir=runs/digits
+  python launch/train.py --config=configs/measures/noisy_classification.py:cifar10_resnet18 \
+      --workdir=runs/c10-r18 --config.data.label_noise=0.2 --config.seeds='(42,43,44,45)'
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from irmx.experiments import classify, cli  # noqa: E402
+
+DEFAULT_CONFIG = os.path.join(
+    os.path.dirname(__file__), "..", "configs", "measures", "noisy_classification.py"
+)
+
+
+def main():
+    cli.run_main(classify.run, DEFAULT_CONFIG)
+
+
+if __name__ == "__main__":
+    main()
