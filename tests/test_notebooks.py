@@ -69,3 +69,25 @@ def test_irm_regression_notebook():
     images = [o for c in code_cells for o in c.get("outputs", [])
               if o.output_type == "display_data" and "image/png" in o.get("data", {})]
     assert len(images) >= 2, "the study's plots were not displayed"
+
+
+@pytest.mark.slow
+def test_measures_notebook():
+    nb, kernel_prefix = _execute("measures.ipynb")
+    assert kernel_prefix == sys.prefix, (
+        f"the notebook ran in {kernel_prefix}, not in this environment ({sys.prefix})"
+    )
+    code_cells = [c for c in nb.cells if c.cell_type == "code"]
+    errors = [o for c in code_cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors, errors
+    assert all(c.get("execution_count") for c in code_cells), "a cell did not run"
+    text = "".join(_text(c) for c in code_cells)
+    for mode in ("per_output", "bigmem", "matrix_free"):
+        assert mode in text, f"mode {mode} missing from the comparison:\n{text}"
+    assert "jacobian_operator_norm" in text and "corrupted" in text
+    images = [o for c in code_cells for o in c.get("outputs", [])
+              if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+    assert len(images) >= 3, "the data, label-noise and width plots were not displayed"
+    workdirs = [line.split(":", 1)[1].strip() for line in text.splitlines()
+                if line.startswith("workdir:")]
+    assert len(workdirs) == 1 and not os.path.exists(workdirs[0]), "temp dir not cleaned up"

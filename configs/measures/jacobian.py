@@ -8,9 +8,17 @@ r"""Data-driven measures of trained checkpoints (the seed's compute_stats.py).
 ``source`` is a workdir of ``launch/train.py``; checkpoint i is the model after that run's
 ``checkpoint_epochs[i]`` epochs (-1: every checkpoint). All seeds (and with -1 all
 checkpoints) are measured in one vmapped program. Per-batch JSON goes to
-``<workdir>/<name>/<model>/<data>/<setting>/seed-<seed>/<metric>-<batch_id>.json`` (the seed's
-layout); summary.json holds, per seed and checkpoint, the metric's mean over the measured points
-(clean and label-corrupted training points also separately).
+``<root>/<name>/<model>/<data>/<setting>/seed-<seed>/<out>-<batch_id>.json`` (the seed's
+layout; out = <metric>_<normalization>_<split>_ckpt-<i>, root = ``output_dir`` or the workdir);
+summary.json holds, per seed and checkpoint, the metric's mean over the measured points (clean
+and label-corrupted training points also separately). A re-run skips finished batches.
+
+Parallel workers: the points are the first ``num_samples`` of one fixed random order, and a
+worker measures points [skip, num_samples). Two workers over 256 points in batches of 128::
+
+  worker 0: --config.num_samples=128 --config.batch_size=128 --workdir=w0 --config.output_dir=out
+  worker 1: --config.num_samples=256 --config.batch_size=128 --config.skip=128 --workdir=w1 \
+            --config.output_dir=out
 """
 
 import ml_collections
@@ -30,6 +38,7 @@ def get_config(arg=None):
     c.num_samples = 1000  # points measured (the first num_samples of a fixed random order)
     c.batch_size = 100  # points per batch and per output file; must divide num_samples
     c.skip = 0  # first point of this worker (a multiple of batch_size)
+    c.output_dir = ""  # root of the per-batch JSON tree ("" = the workdir); workers may share it
     c.mc_sample_seed = 0  # seed of the random point order (stream mc_sample)
     c.tol = 1e-5  # matrix_free: relative tolerance of power iteration (seed: 1e-2)
     c.max_iters = 200  # matrix_free: iteration cap (seed: 10)

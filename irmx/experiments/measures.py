@@ -15,6 +15,7 @@ import numpy as np
 
 from irmx import config_checks as cc
 from irmx import measures, rng
+from irmx.data import images as images_lib
 from irmx.experiments import classify
 from irmx.io import checkpoints, workdir as wd
 
@@ -65,11 +66,13 @@ def setting_name(train_config) -> str:
 
 
 def batch_path(workdir, config, train_config, seed: int, ckpt: int, batch_id: int) -> str:
-    """<workdir>/<name>/<model>/<data>/<setting>/seed-<seed>/<metric>-<batch_id>.json, the
-    metric's file name qualified with the split, normalization and checkpoint."""
+    """<root>/<name>/<model>/<data>/<setting>/seed-<seed>/<out>-<batch_id>.json (the seed's
+    layout), out = <metric>_<normalization>_<split>_ckpt-<i>; root = ``config.output_dir`` (a
+    tree several workers share) or the workdir."""
+    root = os.path.expanduser(config.output_dir) if config.output_dir else workdir
     out_name = (f"{config.metric}_{config.normalization}_{config.dataset_split}"
                 f"_ckpt-{ckpt}")
-    return os.path.join(workdir, config.name, train_config.model.name, train_config.data.name,
+    return os.path.join(root, config.name, train_config.model.name, train_config.data.name,
                         setting_name(train_config), f"seed-{seed}", f"{out_name}-{batch_id}.json")
 
 
@@ -84,7 +87,13 @@ def run(config, workdir: str, progress: bool = True) -> dict:
     train_config = source_config(config)
     validate(config, train_config)
     mode = config.mode or measures.default_mode(config.metric)
-    program = classify.build_program(train_config)
+    dataset = images_lib.load_image_data(train_config.data.name,
+                                         train_config.data.data_dir or None)
+    num_test = dataset["test"][1].shape[0]
+    if config.dataset_split == "test" and config.num_samples > num_test:
+        cc.fail("num_samples", config.num_samples,
+                f"at most the {num_test} points of the test split")
+    program = classify.build_program(train_config, dataset)
     ckpts = (list(range(len(train_config.checkpoint_epochs))) if config.checkpoint == -1
              else [config.checkpoint])
     steps = classify.checkpoint_steps(train_config)
@@ -149,7 +158,9 @@ def _measure(config, train_config, program, data, params_CxN, ckpts, mode, w, pr
 
     rows, results = [], {}
     batch_ids = range(config.skip // config.batch_size, config.num_samples // config.batch_size)
-    writer = wd.MetricsWriter(w.file("metrics.jsonl"))
+    # keep every row: a re-run appends rows only for batches it computes
+    writer = wd.MetricsWriter(w.file("metrics.jsonl"),
+                              resume_step=config.num_samples // config.batch_size)
     for b in batch_ids:
         idx = order[b * config.batch_size:(b + 1) * config.batch_size]
         paths = {(c, n): batch_path(w.path, config, train_config, int(seeds[n]), c, b)
