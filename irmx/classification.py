@@ -50,15 +50,23 @@ def cross_entropy(logits_BxK, labels_B):
 
 
 def make_loss_terms(apply_fn):
-    """``(params, batch, key) -> ([mean cross-entropy], {loss, accuracy})`` of a batch."""
+    """``(params, batch, key[, model_state]) -> ([mean cross-entropy], {loss, accuracy})``.
 
-    def loss_terms(params, batch, key):
+    With a model state (BatchNorm), the forward pass runs in training mode on batch statistics
+    and returns the updated running statistics as ``metrics["model_state"]``."""
+
+    def loss_terms(params, batch, key, model_state=None):
         del key
         x, y = batch
-        logits = apply_fn(params, x)
+        metrics = {}
+        if model_state:
+            logits, metrics["model_state"] = apply_fn(
+                {**params, **model_state}, x, train=True, mutable=list(model_state))
+        else:
+            logits = apply_fn(params, x)
         loss = cross_entropy(logits, y).mean()
         acc = jnp.mean(jnp.argmax(logits, -1) == y)
-        return loss[None], {"loss": loss, "accuracy": acc}
+        return loss[None], {"loss": loss, "accuracy": acc, **metrics}
 
     return loss_terms
 

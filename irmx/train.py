@@ -26,9 +26,13 @@ class TrainState:
     opt_state: Any
     key: jax.Array  # uint32 raw key data: per-step randomness is fold_in(key, step)
     diverged: jax.Array  # bool scalar: a non-finite loss or update was seen; params frozen since
+    # Non-trainable model collections updated by the forward pass (flax ``batch_stats``); empty
+    # for most models. A loss that updates them returns the new value as metrics["model_state"].
+    model_state: Any = flax.struct.field(default_factory=dict)
 
 
-def init_state(params, optimizer: optax.GradientTransformation, key, hparams=None) -> TrainState:
+def init_state(params, optimizer: optax.GradientTransformation, key, hparams=None,
+               model_state=None) -> TrainState:
     """Fresh state; ``hparams`` (name -> scalar) overrides injected optimizer hyperparameters."""
     opt_state = optimizer.init(params)
     if hparams:
@@ -39,6 +43,7 @@ def init_state(params, optimizer: optax.GradientTransformation, key, hparams=Non
         opt_state=opt_state,
         key=jax.random.key_data(key),
         diverged=jnp.zeros((), bool),
+        model_state=model_state or {},
     )
 
 
@@ -95,6 +100,9 @@ def make_train_step(
     """Pure step ``(state, data) -> (state, metrics)``.
 
     ``batch_fn(data, step, key)`` picks the step's batch (None: full batch, ``data`` itself).
+    With a non-empty ``state.model_state`` the loss is called as
+    ``loss_terms_fn(params, batch, key, model_state)`` and returns the updated model state as
+    ``metrics["model_state"]`` (BatchNorm statistics), which the step stores.
     A step whose terms, gradients or new parameters are not finite marks the learner diverged
     and keeps its previous parameters, so one diverged learner never poisons a vmapped sweep.
     """
@@ -102,7 +110,9 @@ def make_train_step(
     def train_step(state: TrainState, data):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
         batch = data if batch_fn is None else batch_fn(data, state.step, key)
-        terms_T, grads_T, metrics = term_gradients(loss_terms_fn, state.params, batch, key)
+        extra = (state.model_state,) if jax.tree.leaves(state.model_state) else ()
+        terms_T, grads_T, metrics = term_gradients(loss_terms_fn, state.params, batch, key, *extra)
+        model_state = metrics.pop("model_state", state.model_state)
         updates, opt_state = optimizer.update(grads_T, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ok = _all_finite((terms_T, grads_T, params)) & ~state.diverged
@@ -113,6 +123,7 @@ def make_train_step(
             opt_state=keep(opt_state, state.opt_state),
             key=state.key,
             diverged=~ok,
+            model_state=keep(model_state, state.model_state),
         )
         metrics = dict(metrics, diverged=new_state.diverged)
         return new_state, metrics

@@ -38,8 +38,7 @@ def validate(config, num_pool=None) -> None:
         cc.fail("data.train_split", config.data.train_split,
                 f"train_split + val_split (= {config.data.train_split + config.data.val_split})"
                 f" at most the {num_pool} training images of {config.data.name}")
-    # BatchNorm nets exist (irmx.nets.classifiers) but the trainer carries no batch_stats yet.
-    cc.choice(config, "model.batchnorm", (False,))
+    cc.choice(config, "model.batchnorm", (True, False))
     make_classifier(config.model.name, 10)  # unknown names fail here, naming the key
     cc.choice(config, "optim.name", ("sgd", "adam"))
     cc.number(config, "optim.lr", 0.0, low_open=True)
@@ -122,9 +121,10 @@ def build_program(config, dataset=None) -> Program:
     ebs = config.eval_batch_size
 
     def evaluate_one(state, data):
-        params = state.params
+        variables = {**state.params, **state.model_state}
+        eval_apply = lambda v, x: apply_fn(v, x, train=False)
         train_x = data["images"][data["train_idx"]]
-        ev = lambda x, y: classification.evaluate_split(apply_fn, params, x, y, ebs)
+        ev = lambda x, y: classification.evaluate_split(eval_apply, variables, x, y, ebs)
         splits = {
             "train": (train_x, data["train_labels"]),  # the (noisy) labels it was trained on
             "train_clean": (train_x, data["clean_labels"]),
@@ -153,9 +153,11 @@ def build_program(config, dataset=None) -> Program:
 
     def init_one(seed, hparams):
         per = learner_data(config, seed, jnp.asarray(pool_y), num_classes)
-        params = model.init(rng.stream(seed, "init"), shared["images"][:1])
+        variables = model.init(rng.stream(seed, "init"), shared["images"][:1])
+        params = {"params": variables["params"]}  # trained; the rest (batch_stats) is state
+        model_state = {k: v for k, v in variables.items() if k != "params"}
         injected = {opt: hparams[name] for opt, name in hparam_map.items()}
-        state = init_state(params, optimizer, rng.stream(seed, "shuffle"), injected)
+        state = init_state(params, optimizer, rng.stream(seed, "shuffle"), injected, model_state)
         return state, per
 
     init_jit = jax.jit(jax.vmap(init_one))

@@ -106,9 +106,10 @@ def run(config, workdir: str, progress: bool = True) -> dict:
             manager.close()
             cc.fail("checkpoint", config.checkpoint,
                     f"a checkpoint the source run has saved (missing: {missing}; is it finished?)")
+        restored = [checkpoints.restore(manager, steps[i], state) for i in ckpts]
+        # the model's variables (params and any BatchNorm statistics) of every checkpoint
         params_CxN = jax.tree.map(
-            lambda *xs: jnp.stack(xs),
-            *[checkpoints.restore(manager, steps[i], state).params for i in ckpts])
+            lambda *xs: jnp.stack(xs), *[{**r.params, **r.model_state} for r in restored])
         manager.close()
         return _measure(config, train_config, program, data, params_CxN, ckpts, mode, w,
                         progress)
@@ -135,7 +136,7 @@ def _num_points(config, data) -> int:
 
 def _measure(config, train_config, program, data, params_CxN, ckpts, mode, w, progress):
     axis = program.axis
-    apply_fn = program.model.apply
+    apply_fn = lambda variables, x: program.model.apply(variables, x, train=False)
     shared_points = config.dataset_split == "test"
     available = _num_points(config, data)
     if config.num_samples > available:
