@@ -83,7 +83,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from irmx import measures  # noqa: E402
-from irmx.measures._conv_layout import canonical_convs  # noqa: E402
+from irmx.conv_layout import canonical_convs  # noqa: E402
 from irmx.nets.classifiers import ResNet18K  # noqa: E402
 
 METRIC = "jacobian_operator_norm"
@@ -137,7 +137,7 @@ def floor_fn(apply_fn, sequential=False):
 
     ``sequential=False``: the K cotangents in one vmap (the floor of the speedup line);
     ``True``: one after the other in a lax.map, with the canonical-layout kernels irmx uses in
-    loops (``irmx.measures._conv_layout``) -- the same work, a smaller working set.
+    loops (``irmx.conv_layout``) -- the same work, a smaller working set.
     """
 
     def jac(params, x):

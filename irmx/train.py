@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from irmx import conv_layout
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -96,6 +98,7 @@ def make_train_step(
     loss_terms_fn: Callable,
     optimizer: optax.GradientTransformation,
     batch_fn: Callable | None = None,
+    canonical_convs: bool = False,
 ):
     """Pure step ``(state, data) -> (state, metrics)``.
 
@@ -103,6 +106,9 @@ def make_train_step(
     With a non-empty ``state.model_state`` the loss is called as
     ``loss_terms_fn(params, batch, key, model_state)`` and returns the updated model state as
     ``metrics["model_state"]`` (BatchNorm statistics), which the step stores.
+    ``canonical_convs=True`` re-lays out the convolutions of the gradient computation so that
+    XLA:CPU keeps them on its fast path inside the ``lax.scan`` of a chunk (conv nets: measured
+    34 s -> 0.9 s for 5 steps of a small ResNet; see ``irmx.conv_layout``).
     A step whose terms, gradients or new parameters are not finite marks the learner diverged
     and keeps its previous parameters, so one diverged learner never poisons a vmapped sweep.
     """
@@ -111,7 +117,10 @@ def make_train_step(
         key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
         batch = data if batch_fn is None else batch_fn(data, state.step, key)
         extra = (state.model_state,) if jax.tree.leaves(state.model_state) else ()
-        terms_T, grads_T, metrics = term_gradients(loss_terms_fn, state.params, batch, key, *extra)
+        grad_fn = lambda p, b, k, *e: term_gradients(loss_terms_fn, p, b, k, *e)
+        if canonical_convs:
+            grad_fn = conv_layout.canonical_convs(grad_fn, state.params, batch, key, *extra)
+        terms_T, grads_T, metrics = grad_fn(state.params, batch, key, *extra)
         model_state = metrics.pop("model_state", state.model_state)
         updates, opt_state = optimizer.update(grads_T, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

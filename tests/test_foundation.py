@@ -139,3 +139,34 @@ def test_set_hyperparams_rejects_unknown_names():
     opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
     with pytest.raises(ValueError, match="not optimizer hyperparameters"):
         train.init_state({"w": jnp.zeros(2)}, opt, jax.random.key(0), {"momentumm": 0.9})
+
+
+def test_canonical_convs_train_step_matches_plain():
+    """The conv re-layout (XLA:CPU fast path in scans) changes no numbers beyond rounding."""
+    import flax.linen as nn
+
+    class TinyConv(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(4, (3, 3), strides=2)(x))
+            return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+    model = TinyConv()
+    x = jax.random.normal(jax.random.key(0), (8, 8, 8, 1))
+    y = jnp.arange(8) % 3
+
+    def loss_terms(p, batch, key):
+        logits = model.apply(p, batch[0])
+        r = optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
+        return r[None], {"risk": r}
+
+    opt = optax.inject_hyperparams(lambda learning_rate: optax.chain(
+        train.sum_terms(), optax.sgd(learning_rate, momentum=0.9)))(learning_rate=0.1)
+    state = train.init_state(model.init(jax.random.key(1), x), opt, jax.random.key(2))
+    out = []
+    for canonical in (False, True):
+        step = train.make_train_step(loss_terms, opt, canonical_convs=canonical)
+        chunk = jax.jit(train.make_train_chunk(step, 4))
+        out.append(chunk(state, (x, y))[0].params)
+    for a, b in zip(jax.tree.leaves(out[0]), jax.tree.leaves(out[1])):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -310,8 +310,8 @@ def test_missing_labels_is_an_error():
 
 def test_looped_backward_passes_use_canonical_conv_kernels():
     # XLA:CPU runs convolutions with O/I-swapped kernels (AD's input gradient) inside loop bodies
-    # on a slow generic path; irmx re-lays the kernels out (irmx.measures._conv_layout).
-    from irmx.measures._conv_layout import canonical_convs
+    # on a slow generic path; irmx re-lays the kernels out (irmx.conv_layout).
+    from irmx.conv_layout import canonical_convs
 
     apply_fn, params, x, y = _setup("conv")
     out, vjp_fn = jax.vjp(lambda x_: apply_fn(params, x_), x)

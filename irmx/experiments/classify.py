@@ -116,7 +116,8 @@ def build_program(config, dataset=None) -> Program:
     if config.data.augmentation:
         augment = lambda key, x: images_lib.random_crop_flip(key, x, config.data.padding)
     batch_fn = classification.make_batch_fn(config.batch_size, spe, augment)
-    train_step = make_train_step(classification.make_loss_terms(apply_fn), optimizer, batch_fn)
+    train_step = make_train_step(classification.make_loss_terms(apply_fn), optimizer, batch_fn,
+                                 canonical_convs=True)
     epoch = make_train_chunk(train_step, spe)
     ebs = config.eval_batch_size
 

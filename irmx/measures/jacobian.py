@@ -37,7 +37,7 @@ Three ways to get the norms (``mode``):
   norm by Hutchinson's estimator. Memory independent of K.
 
 The backward passes that run inside a loop (per_output's map, the power iteration, the
-Hutchinson probes) are re-traced with canonical-layout convolution kernels (``_conv_layout``):
+Hutchinson probes) are re-traced with canonical-layout convolution kernels (``irmx.conv_layout``):
 XLA:CPU otherwise runs the input-gradient convolutions of a loop body 6-8x slower.
 
 The exact operator norm is sqrt(lambda_max(J J^T)) of the K x K Gram matrix (``eigvalsh``);
@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from irmx.measures._conv_layout import canonical_convs
+from irmx.conv_layout import canonical_convs
 
 NORMALIZATIONS = ("none", "softmax", "logsoftmax", "crossentropy")
 MODES = ("per_output", "bigmem", "matrix_free")
@@ -127,7 +127,7 @@ def exact_jacobian(out_fn, x_B, mode: str = "per_output") -> jax.Array:
     batch, k_out = out.shape
     cts = _output_cotangents(k_out, batch, out.dtype)
     if mode == "per_output":
-        vjp_fn = canonical_convs(vjp_fn, cts[0])  # a loop body: see _conv_layout
+        vjp_fn = canonical_convs(vjp_fn, cts[0])  # a loop body: see irmx.conv_layout
         rows_KxBxD = lax.map(lambda ct: vjp_fn(ct)[0].reshape(batch, -1), cts)
     elif mode == "bigmem":
         rows_KxBxD = jax.vmap(lambda ct: vjp_fn(ct)[0].reshape(batch, -1))(cts)

@@ -1,4 +1,4 @@
-"""Keep input-gradient convolutions fast inside XLA:CPU loops.
+"""Keep convolutions fast inside XLA:CPU loops (training chunks, Jacobian loops).
 
 Reverse-mode AD transposes ``y = conv(x, W)`` (W in HWIO) into ``conv(g, rev(W))`` with the
 kernel's O and I roles swapped (dimension labels ``01oi``). At the top level of a program XLA:CPU
