@@ -53,6 +53,8 @@ def train_config(**overrides):
 def measures_config(source_dir, **overrides):
     m = jacobian_configs.get_config("smoke")  # 40 points, batches of 20, checkpoint 1
     m.source = source_dir
+    if overrides.get("metric", m.metric) == "jacobian_operator_norm":
+        m.mode = "matrix_free"  # power iteration (the default "" picks exact at K=10)
     m.update_from_flattened_dict(overrides)
     return m
 
@@ -154,9 +156,9 @@ def batch_files(workdir, metric="jacobian_operator_norm", normalization="none", 
 
 @pytest.fixture(scope="module")
 def measured(trained, tmp_path_factory):
-    """measures.run with the smoke defaults: jacobian_operator_norm (matrix_free), checkpoint 1,
-    40 training points in 2 batches of 20, both seeds in one program."""
-    config = measures_config(trained.workdir)
+    """measures.run with the smoke defaults and mode matrix_free: jacobian_operator_norm,
+    checkpoint 1, 40 training points in 2 batches of 20, both seeds in one program."""
+    config = measures_config(trained.workdir, mode="matrix_free")
     workdir = str(tmp_path_factory.mktemp("measures") / "stats")
     summary = measures.run(config, workdir, progress=False)
     return types.SimpleNamespace(config=config, workdir=workdir, summary=summary,
@@ -608,7 +610,8 @@ def test_cli_train_then_measures(trained, measured, jax_cache, tmp_path):
     assert wd.read_json(str(train_dir / "summary.json"))["learners"] == wd.to_json(
         trained.summary["learners"])
     r = _cli(["launch/measures.py", "--config=configs/measures/jacobian.py:smoke",
-              f"--config.source={train_dir}", f"--workdir={stats_dir}"], jax_cache)
+              f"--config.source={train_dir}", "--config.mode=matrix_free",
+              f"--workdir={stats_dir}"], jax_cache)
     assert r.returncode == 0, r.stderr
     assert set(batch_files(str(stats_dir))) == set(measured.files)
     summary = wd.read_json(str(stats_dir / "summary.json"))
@@ -626,3 +629,18 @@ def test_cli_bad_value_exits_2_with_one_line(jax_cache, tmp_path):
     assert len(lines) == 1, r.stderr
     assert lines[0].startswith("error: config.data.label_noise=1.5 is invalid"), lines[0]
     assert not workdir.exists()
+
+
+def test_default_mode_is_exact_at_ten_outputs(trained, measured, tmp_path):
+    """mode "" picks the cheaper computation: K=10 -> exact per_output (10 vjps beat ~15 power
+    iterations of a jvp + vjp), equal to the matrix_free values within its tolerance."""
+    out = str(tmp_path / "default")
+    measures.run(measures_config(trained.workdir, num_samples=20, mode=""), out, progress=False)
+    files = batch_files(out)
+    for s in SEEDS:
+        assert files[(s, 1, 0)]["mode"] == "per_output"
+        np.testing.assert_allclose(files[(s, 1, 0)]["values"], measured.files[(s, 1, 0)]["values"],
+                                   rtol=1e-3)
+    seed_cfg = jacobian_configs.get_config("seed_power_iteration")
+    assert (seed_cfg.mode, seed_cfg.tol, seed_cfg.atol, seed_cfg.max_iters) == (
+        "matrix_free", 0.0, 1e-2, 10)

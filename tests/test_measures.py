@@ -113,11 +113,14 @@ def test_matrix_free_operator_norm(net_name, normalization):
     exact = _ref_norms(_reference_jacobians(apply_fn, params, x, y, normalization))
     exact = exact["jacobian_operator_norm"]
     key = jax.random.key(7)
-    specs = [("jacobian_operator_norm", dict(normalization=normalization)),
+    specs = [("jacobian_operator_norm", dict(normalization=normalization, mode="matrix_free")),
              ("jacobian_operator_norm", dict(normalization=normalization, mode="matrix_free",
                                              **measures.SEED_POWER))]
     out, seed = _run_all(specs, apply_fn, params, x, y, key)
-    assert measures.default_mode("jacobian_operator_norm") == "matrix_free"
+    assert measures.default_mode("jacobian_operator_norm") == "matrix_free"  # K unknown
+    assert measures.default_mode("jacobian_operator_norm", 10) == "per_output"  # K vjps cheaper
+    assert measures.default_mode("jacobian_operator_norm", 100) == "matrix_free"
+    assert measures.default_mode("jacobian", 100) == "per_output"
     assert out["converged"].dtype == bool and out["converged"].all()
     assert out["iterations"].shape == (B,) and (out["iterations"] >= 1).all()
     np.testing.assert_allclose(out["values"], exact, rtol=1e-3)

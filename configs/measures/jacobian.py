@@ -31,8 +31,8 @@ def get_config(arg=None):
     c.checkpoint = 1  # numbered checkpoint of the source run; -1 = all of them
     c.metric = "jacobian_operator_norm"  # jacobian | jacobian_operator_norm | accuracy | ...
     c.normalization = "none"  # none | softmax | logsoftmax | crossentropy
-    c.mode = ""  # per_output | bigmem | matrix_free; "" = matrix_free for the operator norm,
-    #              per_output otherwise (the seed's default)
+    c.mode = ""  # per_output | bigmem | matrix_free; "" = the cheaper: for the operator norm
+    #              exact per_output up to 16 outputs, matrix_free above; else per_output
     c.target_logit_only = False  # Jacobian of the target logit only
     c.dataset_split = "train"  # train | val | test
     c.num_samples = 1000  # points measured (the first num_samples of a fixed random order)
@@ -40,14 +40,16 @@ def get_config(arg=None):
     c.skip = 0  # first point of this worker (a multiple of batch_size)
     c.output_dir = ""  # root of the per-batch JSON tree ("" = the workdir); workers may share it
     c.mc_sample_seed = 0  # seed of the random point order (stream mc_sample)
-    c.tol = 1e-5  # matrix_free: relative tolerance of power iteration (seed: 1e-2)
+    c.tol = 1e-5  # matrix_free: relative tolerance of power iteration
+    c.atol = 0.0  # matrix_free: absolute tolerance (the seed's: 1e-2 with tol 0)
     c.max_iters = 200  # matrix_free: iteration cap (seed: 10)
     c.num_probes = 64  # matrix_free Frobenius (Hutchinson): probes per sample
     if arg == "smoke":
         c.num_samples = 40
         c.batch_size = 20
     elif arg == "seed_power_iteration":
-        c.tol, c.max_iters = 1e-2, 10
+        c.mode = "matrix_free"
+        c.tol, c.atol, c.max_iters = 0.0, 1e-2, 10
     elif arg:
         raise ValueError(f"unknown config variant {arg!r}; allowed: smoke, seed_power_iteration")
     return c

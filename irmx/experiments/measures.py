@@ -45,7 +45,12 @@ def validate(config, train_config=None) -> None:
     if config.skip % config.batch_size:
         cc.fail("skip", config.skip, f"a multiple of config.batch_size={config.batch_size}")
     cc.number(config, "mc_sample_seed", 0, 2**32 - 1, integer=True)
-    cc.number(config, "tol", 0.0, low_open=True)
+    cc.number(config, "tol", 0.0)
+    cc.number(config, "atol", 0.0)
+    if config.tol == 0 and config.atol == 0:
+        cc.fail("tol", config.tol, "a positive relative tolerance, or a positive config.atol")
+    if config.target_logit_only and config.normalization == "crossentropy":
+        cc.fail("target_logit_only", True, "False with config.normalization='crossentropy'")
     cc.number(config, "max_iters", 1, integer=True)
     cc.number(config, "num_probes", 1, integer=True)
     if train_config is not None:
@@ -86,7 +91,6 @@ def run(config, workdir: str, progress: bool = True) -> dict:
     validate(config)
     train_config = source_config(config)
     validate(config, train_config)
-    mode = config.mode or measures.default_mode(config.metric)
     dataset = images_lib.load_image_data(train_config.data.name,
                                          train_config.data.data_dir or None)
     num_test = dataset["test"][1].shape[0]
@@ -94,6 +98,9 @@ def run(config, workdir: str, progress: bool = True) -> dict:
         cc.fail("num_samples", config.num_samples,
                 f"at most the {num_test} points of the test split")
     program = classify.build_program(train_config, dataset)
+    one_output = config.normalization == "crossentropy" or config.target_logit_only
+    mode = config.mode or measures.default_mode(
+        config.metric, 1 if one_output else dataset["num_classes"])
     ckpts = (list(range(len(train_config.checkpoint_epochs))) if config.checkpoint == -1
              else [config.checkpoint])
     steps = classify.checkpoint_steps(train_config)
@@ -149,7 +156,7 @@ def _measure(config, train_config, program, data, params_CxN, ckpts, mode, w, pr
         out = measures.compute_metric(
             config.metric, apply_fn, params, xb, yb, normalization=config.normalization,
             mode=mode, target_logit_only=config.target_logit_only, key=key, tol=config.tol,
-            max_iters=config.max_iters, num_probes=config.num_probes)
+            atol=config.atol, max_iters=config.max_iters, num_probes=config.num_probes)
         conv = out.get("converged")
         return out["values"], (jnp.ones_like(out["values"], bool) if conv is None else conv)
 
