@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 
 from configs.measures import jacobian, noisy_classification  # noqa: E402
 from irmx.experiments import classify, measures  # noqa: E402
-from irmx.io import plots, workdir as wd  # noqa: E402
+from irmx.io import plots  # noqa: E402
+from irmx.io import workdir as wd
 
 
 def main():

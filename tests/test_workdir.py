@@ -55,7 +55,8 @@ def test_workdir_files_and_finished_rerun_does_nothing(tmp_path, capsys):
 def test_different_config_is_refused_naming_keys(tmp_path):
     d = str(tmp_path / "run")
     irm.run(cfg(), d, progress=False, max_chunks=1)
-    with pytest.raises(wd.WorkdirError, match=r"differing keys: criterion.penalty_weight, optim.lr"):
+    keys = r"differing keys: criterion.penalty_weight, optim.lr"
+    with pytest.raises(wd.WorkdirError, match=keys):
         irm.run(cfg(**{"optim.lr": 0.5, "criterion.penalty_weight": 3.0}), d, progress=False)
 
 

@@ -31,7 +31,7 @@ def _base():
     c.seeds = ()  # explicit seed list; overrides seed/num_seeds when non-empty
 
     c.data = ml_collections.ConfigDict()
-    c.data.setting = "FEU"  # SEM setting: [F|P]ully/partially observed, h[O]mo/h[E]tero, [U]n/[S]crambled
+    c.data.setting = "FEU"  # SEM: [F|P] fully/partially observed, h[O]mo/h[E]tero, [U|S]crambled
     c.data.dim = 10  # input dimension (half causes X, half effects Z)
     c.data.num_samples = 1000  # samples per environment
     c.data.train_sigmas = (0.2, 2.0)  # noise scale of each training environment
@@ -117,7 +117,7 @@ def _smoke(c):
 
 
 def _paper(c):
-    """The IRM reference's protocol (main.py/models.py of facebookresearch/InvariantRiskMinimization):
+    """The IRM reference's protocol (facebookresearch/InvariantRiskMinimization main.py, models.py):
     ERM on all three environments pooled; IRM with x Phi w (Phi from the identity, w = 1), Adam
     lr 1e-3, loss r * error + (1 - r) * penalty with r in {0, 1e-5, ..., 1e-1} vmapped, r picked
     per seed by MSE on the third environment. The reference trains 100000 iterations; this runs

@@ -18,8 +18,11 @@ from irmx import config_checks as cc
 from irmx import rng
 from irmx.data import sem as sem_lib
 from irmx.experiments.loop import Program, run_program
-from irmx.io import plots, workdir as wd
-from irmx.irm import criteria, gradient_managers as gm, metrics as irm_metrics
+from irmx.io import plots
+from irmx.io import workdir as wd
+from irmx.irm import criteria
+from irmx.irm import gradient_managers as gm
+from irmx.irm import metrics as irm_metrics
 from irmx.learners import axis_from_config, shard_learners
 from irmx.nets import MODELS, make_model
 from irmx.train import init_state, make_train_chunk, make_train_step, sum_terms

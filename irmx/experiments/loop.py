@@ -13,7 +13,8 @@ import jax
 import numpy as np
 from tensorboardX import SummaryWriter
 
-from irmx.io import checkpoints, workdir as wd
+from irmx.io import checkpoints
+from irmx.io import workdir as wd
 from irmx.learners import LearnerAxis, summarize
 
 
@@ -107,7 +108,6 @@ def run_program(
         if w.state == "done":
             print(f"[{program.name}] {w.path} already holds this finished run; nothing to do.")
             return wd.read_json(w.file("summary.json"))
-        num_chunks = program.num_steps // program.chunk_steps
         state, data = program.init()
         manager = checkpoints.make_manager(w.file("ckpt"), keep_steps=program.keep_steps)
         state, step = checkpoints.restore_latest(manager, state)

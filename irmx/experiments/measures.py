@@ -17,7 +17,8 @@ from irmx import config_checks as cc
 from irmx import measures, rng
 from irmx.data import images as images_lib
 from irmx.experiments import classify
-from irmx.io import checkpoints, workdir as wd
+from irmx.io import checkpoints
+from irmx.io import workdir as wd
 
 SPLITS = ("train", "val", "test")
 
@@ -164,7 +165,7 @@ def _measure(config, train_config, program, data, params_CxN, ckpts, mode, w, pr
     per_learner = jax.vmap(one, in_axes=(0, in_pts, in_pts, None))
     per_ckpt = jax.jit(jax.vmap(per_learner, in_axes=(0, None, None, None)))
 
-    rows, results = [], {}
+    results = {}
     batch_ids = range(config.skip // config.batch_size, config.num_samples // config.batch_size)
     # keep every row: a re-run appends rows only for batches it computes
     writer = wd.MetricsWriter(w.file("metrics.jsonl"),

@@ -125,7 +125,8 @@ class Workdir:
 
     def set_status(self, state: str, step: int, **extra) -> None:
         write_json_atomic(
-            self.file("status.json"), {"state": state, "step": int(step), "time": time.time(), **extra}
+            self.file("status.json"),
+            {"state": state, "step": int(step), "time": time.time(), **extra},
         )
 
     def close(self) -> None:

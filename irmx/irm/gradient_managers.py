@@ -30,7 +30,8 @@ class WeightedSumState(NamedTuple):
     penalty_weight: jax.Array  # lambda_t of the last step (for logging)
 
 
-def weighted_sum(penalty_weight, anneal_steps: int = 0, rescale: bool = True, convex: bool = False):
+def weighted_sum(penalty_weight, anneal_steps: int = 0, rescale: bool = True,
+                 convex: bool = False):
     """g = (g_e + lambda_t g_p) / max(lambda_t, 1) if rescale else g_e + lambda_t g_p.
 
     ``convex=True`` is the IRM reference's synthetic-study form, g = r g_e + (1 - r) g_p with
@@ -66,7 +67,8 @@ def _norms(tree_T, per_tensor: bool):
     """(||g_e||, ||g_p||): whole-model norms, or per-leaf trees of norms."""
     if per_tensor:
         sq = jax.tree.map(lambda g: jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1), tree_T)
-        return jax.tree.map(lambda s: jnp.sqrt(s[0]), sq), jax.tree.map(lambda s: jnp.sqrt(s[1]), sq)
+        norm_of_term = lambda t: jax.tree.map(lambda s: jnp.sqrt(s[t]), sq)
+        return norm_of_term(0), norm_of_term(1)
     total = sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1) for g in jax.tree.leaves(tree_T))
     return jnp.sqrt(total[0]), jnp.sqrt(total[1])
 
@@ -89,7 +91,7 @@ def adareg(alpha, beta=0.0, eps: float = 1e-8, per_tensor: bool = False):
         debias = 1.0 - jnp.asarray(beta, jnp.float32) ** count
         lam = jax.tree.map(lambda a, b: alpha * (a / debias) / (b / debias + eps), m_e, m_p)
         if per_tensor:
-            out = jax.tree.map(lambda g, l: g[0] + l * g[1], updates, lam)
+            out = jax.tree.map(lambda g, lam_t: g[0] + lam_t * g[1], updates, lam)
         else:
             out = jax.tree.map(lambda g: g[0] + lam * g[1], updates)
         return out, AdaRegState(count, m_e, m_p, lam)
