@@ -64,3 +64,12 @@ def multiple_of(config, key: str, divisor_key: str) -> None:
     value, divisor = _get(config, key), _get(config, divisor_key)
     if value % divisor:
         fail(key, value, f"a multiple of config.{divisor_key}={divisor}")
+
+
+def learner_seeds(config) -> None:
+    """The learner axis' seeds: an explicit ``seeds`` list, or ``seed`` + ``num_seeds``."""
+    if config.get("seeds"):
+        numbers(config, "seeds", 0, 2**32 - 1, min_len=1, integer=True)
+    else:
+        number(config, "seed", 0, 2**32 - 1, integer=True)
+        number(config, "num_seeds", 1, 100_000, integer=True)

@@ -22,11 +22,7 @@ SHARED = ("images", "test_images", "test_labels")  # data every learner reads (v
 
 def validate(config, num_pool=None) -> None:
     """Every value checked before any compilation; ``num_pool`` = size of the train pool."""
-    if config.get("seeds"):
-        cc.numbers(config, "seeds", 0, 2**32 - 1, min_len=1, integer=True)
-    else:
-        cc.number(config, "seed", 0, 2**32 - 1, integer=True)
-        cc.number(config, "num_seeds", 1, 100_000, integer=True)
+    cc.learner_seeds(config)
     cc.choice(config, "data.name", images_lib.DATASETS)
     cc.number(config, "data.label_noise", 0.0, 1.0)
     cc.number(config, "data.train_split", 1, integer=True)

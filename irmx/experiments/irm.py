@@ -37,11 +37,7 @@ TABLE_METRICS = ("causal_error", "noncausal_error", "heldout_mse")
 
 def validate(config) -> None:
     """Every value checked before compilation (one line naming key, value and what is allowed)."""
-    if config.get("seeds"):
-        cc.numbers(config, "seeds", 0, 2**32 - 1, min_len=1, integer=True)
-    else:
-        cc.number(config, "seed", 0, 2**32 - 1, integer=True)
-        cc.number(config, "num_seeds", 1, 100_000, integer=True)
+    cc.learner_seeds(config)
     cc.choice(config, "data.setting", sem_lib.SETTINGS)
     cc.number(config, "data.dim", 2, 10_000, integer=True)
     if config.data.dim % 2:
