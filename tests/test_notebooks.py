@@ -49,11 +49,10 @@ def _text(cell) -> str:
     return "".join(parts)
 
 
-@pytest.mark.slow
-def test_irm_regression_notebook():
-    from configs.irm.regression import EXPERIMENTS
-
-    nb, kernel_prefix = _execute("irm_regression.ipynb")
+def _run_checked(name: str):
+    """Execute notebook ``name`` in this environment; its code cells and displayed images, after
+    checking that every cell ran without error."""
+    nb, kernel_prefix = _execute(name)
     assert kernel_prefix == sys.prefix, (
         f"the notebook ran in {kernel_prefix}, not in this environment ({sys.prefix})"
     )
@@ -61,32 +60,31 @@ def test_irm_regression_notebook():
     errors = [o for c in code_cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, errors
     assert all(c.get("execution_count") for c in code_cells), "a cell did not run"
+    images = [o for c in code_cells for o in c.get("outputs", [])
+              if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+    return code_cells, images
+
+
+@pytest.mark.slow
+def test_irm_regression_notebook():
+    from configs.irm.regression import EXPERIMENTS
+
+    code_cells, images = _run_checked("irm_regression.ipynb")
     tables = [c for c in code_cells if "study-table" in c.metadata.get("tags", [])]
     assert len(tables) == 1, "the notebook should have one cell tagged 'study-table'"
     table = _text(tables[0])
     missing = [name for name in EXPERIMENTS if name not in table]
     assert not missing, f"experiments {missing} missing from the study table:\n{table}"
-    images = [o for c in code_cells for o in c.get("outputs", [])
-              if o.output_type == "display_data" and "image/png" in o.get("data", {})]
     assert len(images) >= 2, "the study's plots were not displayed"
 
 
 @pytest.mark.slow
 def test_measures_notebook():
-    nb, kernel_prefix = _execute("measures.ipynb")
-    assert kernel_prefix == sys.prefix, (
-        f"the notebook ran in {kernel_prefix}, not in this environment ({sys.prefix})"
-    )
-    code_cells = [c for c in nb.cells if c.cell_type == "code"]
-    errors = [o for c in code_cells for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors, errors
-    assert all(c.get("execution_count") for c in code_cells), "a cell did not run"
+    code_cells, images = _run_checked("measures.ipynb")
     text = "".join(_text(c) for c in code_cells)
     for mode in ("per_output", "bigmem", "matrix_free"):
         assert mode in text, f"mode {mode} missing from the comparison:\n{text}"
     assert "jacobian_operator_norm" in text and "corrupted" in text
-    images = [o for c in code_cells for o in c.get("outputs", [])
-              if o.output_type == "display_data" and "image/png" in o.get("data", {})]
     assert len(images) >= 3, "the data, label-noise and width plots were not displayed"
     workdirs = [line.split(":", 1)[1].strip() for line in text.splitlines()
                 if line.startswith("workdir:")]
