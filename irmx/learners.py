@@ -94,11 +94,6 @@ def axis_from_config(config) -> LearnerAxis:
     return make_axis(seeds_from_config(config), vmapped)
 
 
-def vmap_learners(fn, in_axes=0):
-    """vmap a pure per-learner function over the learner axis (axis 0 of its mapped inputs)."""
-    return jax.vmap(fn, in_axes=in_axes)
-
-
 def shard_learners(tree):
     """Place the leading learner axis across all devices when it divides evenly; else as is.
 

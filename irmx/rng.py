@@ -24,8 +24,3 @@ def stream(seed, name: str) -> jax.Array:
     if name not in STREAMS:
         raise ValueError(f"unknown key stream {name!r}; allowed: {', '.join(STREAMS)}")
     return jax.random.fold_in(jax.random.key(seed), stream_id(name))
-
-
-def step_key(key: jax.Array, step) -> jax.Array:
-    """The key of one training step inside jit: fold_in(key, step) (as big_vision does)."""
-    return jax.random.fold_in(key, step)

@@ -11,7 +11,6 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from irmx import config_checks as cc
@@ -295,8 +294,3 @@ def _chosen_rows(summary: dict) -> list[dict]:
         return [learners[i] for i in summary["selected"]["learners"]]
     per_point = len(learners) // len(summary["axis"]["seed"])
     return learners[::per_point]
-
-
-def per_seed_values(summary: dict, metric: str) -> np.ndarray:
-    """The metric of each seed's reported learner (selected grid point, or the only one)."""
-    return np.array([r[metric] if r[metric] is not None else np.nan for r in _chosen_rows(summary)])
