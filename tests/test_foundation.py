@@ -170,3 +170,34 @@ def test_canonical_convs_train_step_matches_plain():
         out.append(chunk(state, (x, y))[0].params)
     for a, b in zip(jax.tree.leaves(out[0]), jax.tree.leaves(out[1])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_learners_shard_over_devices_with_the_same_numbers(tmp_path):
+    """Two (host) devices: the learner axis is split across them by jax.sharding and every
+    learner ends where the one-device run ends."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "sharded.py"
+    script.write_text(
+        "import sys, numpy as np, jax\n"
+        f"sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})\n"
+        "from configs.irm import regression\n"
+        "from irmx.experiments import irm\n"
+        "c = regression.get_config('irmv1,smoke')\n"
+        "p = irm.build_program(c)\n"
+        "s, d = p.init()\n"
+        "assert len(jax.devices()) == 2\n"
+        "assert len(s.params['params']['Dense_0']['kernel'].sharding.device_set) == 2\n"
+        "for _ in range(p.num_steps // p.chunk_steps):\n"
+        "    s, _ = p.chunk(s, d)\n"
+        f"out = {str(tmp_path / 'kernel.npy')!r}\n"
+        "np.save(out, np.asarray(s.params['params']['Dense_0']['kernel']))\n"
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    subprocess.run([sys.executable, str(script)], check=True, env=env, capture_output=True)
+    state, _, _ = run_in_memory(irm.build_program(small_config()))
+    np.testing.assert_allclose(np.load(tmp_path / "kernel.npy"),
+                               np.asarray(state.params["params"]["Dense_0"]["kernel"]),
+                               rtol=1e-5, atol=1e-6)
