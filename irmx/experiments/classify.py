@@ -84,10 +84,6 @@ def learner_data(config, seed, pool_labels, num_classes: int):
     }
 
 
-def data_axes(data: dict) -> dict:
-    return {k: (None if k in SHARED else 0) for k in data}
-
-
 def build_program(config, dataset=None) -> Program:
     """Validate, load the data set (host), and close over it: pure learner-vmapped training."""
     validate(config)
@@ -167,7 +163,7 @@ def build_program(config, dataset=None) -> Program:
 
     per_learner = ("train_idx", "val_idx", "train_labels", "clean_labels", "val_labels",
                    "corrupted", "shuffle_key")
-    axes = data_axes({**{k: 0 for k in per_learner}, **shared})
+    axes = {**{k: 0 for k in per_learner}, **{k: None for k in SHARED}}
     program = Program(
         name=config.name,
         axis=axis,
