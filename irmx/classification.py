@@ -2,73 +2,37 @@
 
 Per learner: a train/validation split (stream ``data_split``), symmetric label noise on the
 training part (stream ``label_noise``), an epoch-wise shuffle (stream ``shuffle``), optional
-random-crop + flip augmentation, cross-entropy with SGD (momentum, coupled weight decay as in
-torch.optim.SGD) or Adam, and a linear learning-rate warm-up from ``warmup_initial`` over
-``warmup_epochs`` epochs (ignite's ``create_lr_scheduler_with_warmup`` as the seed uses it).
+random-crop + flip augmentation (the step key, stream ``step``), cross-entropy. The optimizer
+(SGD with momentum and coupled weight decay as in torch.optim.SGD, or Adam, with the seed's
+linear warm-up) is ``irmx.optim.make_optimizer``.
 """
 
 import jax
 import jax.numpy as jnp
-import optax
+
+from irmx.measures.metrics import accuracy, crossentropy
 
 
-def warmup_schedule(lr, warmup_initial: float, warmup_epochs: int, steps_per_epoch: int):
-    """lr_t = warmup_initial + (lr - warmup_initial) * min(epoch / warmup_epochs, 1), epoch =
-    floor(t / steps_per_epoch): constant within an epoch, ``lr`` from epoch ``warmup_epochs``."""
-
-    def schedule(count):
-        if warmup_epochs == 0:
-            return lr
-        epoch = (count // steps_per_epoch).astype(jnp.float32)
-        frac = jnp.minimum(epoch / warmup_epochs, 1.0)
-        return warmup_initial + (lr - warmup_initial) * frac
-
-    return schedule
-
-
-def make_optimizer(optim, steps_per_epoch: int) -> optax.GradientTransformation:
-    """SGD(momentum) or Adam with coupled L2 weight decay (g + wd * p, as torch.optim does),
-    under ``optax.inject_hyperparams`` so ``learning_rate`` and ``weight_decay`` are vmappable."""
-    from irmx.train import sum_terms
-
-    def factory(learning_rate, weight_decay):
-        lr = warmup_schedule(learning_rate, optim.warmup_initial, optim.warmup_epochs,
-                             steps_per_epoch)
-        if optim.name == "sgd":
-            base = optax.sgd(lr, momentum=optim.momentum or None)
-        else:
-            base = optax.adam(lr)
-        return optax.chain(sum_terms(), optax.add_decayed_weights(weight_decay), base)
-
-    return optax.inject_hyperparams(factory)(
-        learning_rate=optim.lr, weight_decay=optim.weight_decay
-    )
-
-
-def cross_entropy(logits_BxK, labels_B):
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BxK, labels_B)
-
-
-def make_loss_terms(apply_fn):
-    """``(params, batch, key[, model_state]) -> ([mean cross-entropy], {loss, accuracy})``.
+def make_loss(apply_fn):
+    """``loss(params, model_state, batch, key, values) -> (mean cross-entropy, aux)``, aux =
+    {accuracy[, model_state]}: the update map's single-term loss (``irmx.train``).
 
     With a model state (BatchNorm), the forward pass runs in training mode on batch statistics
-    and returns the updated running statistics as ``metrics["model_state"]``."""
+    and returns the updated running statistics as ``aux["model_state"]``."""
 
-    def loss_terms(params, batch, key, model_state=None):
-        del key
+    def loss(params, model_state, batch, key, values):
+        del key, values
         x, y = batch
-        metrics = {}
+        aux = {}
         if model_state:
-            logits, metrics["model_state"] = apply_fn(
+            logits, aux["model_state"] = apply_fn(
                 {**params, **model_state}, x, train=True, mutable=list(model_state))
         else:
             logits = apply_fn(params, x)
-        loss = cross_entropy(logits, y).mean()
-        acc = jnp.mean(jnp.argmax(logits, -1) == y)
-        return loss[None], {"loss": loss, "accuracy": acc, **metrics}
+        aux["accuracy"] = jnp.mean(accuracy(logits, y))
+        return jnp.mean(crossentropy(logits, y)), aux
 
-    return loss_terms
+    return loss
 
 
 def make_batch_fn(batch_size: int, steps_per_epoch: int, augment=None):
@@ -106,7 +70,7 @@ def evaluate_split(apply_fn, params, images, labels, batch_size: int) -> dict:
     def one(batch):
         x, y = batch
         logits = apply_fn(params, x)
-        return cross_entropy(logits, y), (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+        return crossentropy(logits, y), accuracy(logits, y)
 
     losses, correct = jax.lax.map(one, (xs, ys))
     m = mask.reshape(num_batches, batch_size)

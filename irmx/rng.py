@@ -11,7 +11,10 @@ import hashlib
 
 import jax
 
-STREAMS = ("init", "data", "data_split", "label_noise", "shuffle", "mc_sample", "perturbation")
+# step: the per-step key of the training step (batch choice, augmentation, dropout, hooks);
+# shuffle: epoch permutations only; axis_sample: the draws of a sampled learner axis.
+STREAMS = ("init", "data", "data_split", "label_noise", "shuffle", "step", "mc_sample",
+           "perturbation", "axis_sample")
 
 
 def stream_id(name: str) -> int:

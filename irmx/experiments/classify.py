@@ -8,15 +8,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from irmx import classification, rng
+from irmx import classification, optim
 from irmx import config_checks as cc
 from irmx.data import images as images_lib
 from irmx.experiments.loop import Program, run_program
-from irmx.learners import axis_from_config, shard_learners
+from irmx.learners import axis_from_config, learner_stream, make_init, map_learners
 from irmx.nets.classifiers import make_classifier
-from irmx.train import init_state, make_train_chunk, make_train_step
+from irmx.train import init_state, make_chunk, make_step, make_update
 
-VMAPPABLE = {"lr": "learning_rate", "weight_decay": "weight_decay"}
+# config.vmapped.<name> -> the learner value it sets; optimizer hyperparameters go into the
+# optimizer state (tree_set), label_noise into the learner's data.
+VMAPPABLE = {"lr": "learning_rate", "weight_decay": "weight_decay", "momentum": "momentum",
+             "label_noise": "label_noise"}
+HYPERPARAMS = ("learning_rate", "weight_decay", "momentum")
 SHARED = ("images", "test_images", "test_labels")  # data every learner reads (vmap in_axes None)
 
 
@@ -57,22 +61,31 @@ def validate(config, num_pool=None) -> None:
         if name not in VMAPPABLE:
             cc.fail(f"vmapped.{name}", values, ", ".join(VMAPPABLE))
         if values:
-            cc.numbers(config, f"vmapped.{name}", 0.0, low_open=name == "lr")
+            high = {"label_noise": 1.0, "momentum": 0.999999}.get(name, float("inf"))
+            cc.numbers(config, f"vmapped.{name}", 0.0, high, low_open=name == "lr")
+    if config.vmapped.get("momentum") and not (config.optim.name == "sgd"
+                                               and config.optim.momentum > 0):
+        cc.fail("vmapped.momentum", tuple(config.vmapped.momentum),
+                "() unless config.optim.name='sgd' with config.optim.momentum > 0")
+    cc.number(config, "learners_per_group", 0, integer=True)
 
 
-def learner_data(config, seed, pool_labels, num_classes: int):
-    """A learner's split, noisy training labels and shuffle key (pure; vmapped over seeds).
+def learner_data(config, coords, pool_labels, num_classes: int):
+    """A learner's split, noisy training labels and shuffle key (pure; vmapped over learners).
 
-    Streams come from the learner's seed, or from ``data.data_seed`` for every learner."""
+    ``coords`` are the learner's coordinates (``seed``; optionally ``data_seed`` and a vmapped
+    ``label_noise``). The split and noise streams come from ``data_seed`` when the learner has
+    that coordinate, else from ``config.data.data_seed`` when >= 0 (shared by every learner),
+    else from the learner's seed."""
     d = config.data
-    data_seed = seed if d.data_seed < 0 else jnp.uint32(d.data_seed)
+    if "data_seed" not in coords and d.data_seed >= 0:
+        coords = {**coords, "data_seed": jnp.uint32(d.data_seed)}
     train_idx, val_idx = images_lib.split_train_val(
-        pool_labels.shape[0], d.train_split, d.val_split, rng.stream(data_seed, "data_split")
-    )
+        pool_labels.shape[0], d.train_split, d.val_split, learner_stream(coords, "data_split"))
     clean = pool_labels[train_idx]
     noisy, corrupted = images_lib.symmetric_label_noise(
-        clean, d.label_noise, num_classes, rng.stream(data_seed, "label_noise")
-    )
+        clean, coords.get("label_noise", d.label_noise), num_classes,
+        learner_stream(coords, "label_noise"))
     return {
         "train_idx": train_idx,
         "val_idx": val_idx,
@@ -80,7 +93,7 @@ def learner_data(config, seed, pool_labels, num_classes: int):
         "clean_labels": clean,
         "val_labels": pool_labels[val_idx],
         "corrupted": corrupted,
-        "shuffle_key": jax.random.key_data(rng.stream(seed, "shuffle")),
+        "shuffle_key": jax.random.key_data(learner_stream(coords, "shuffle")),
     }
 
 
@@ -103,14 +116,18 @@ def build_program(config, dataset=None) -> Program:
     model = make_classifier(config.model.name, num_classes, batchnorm=config.model.batchnorm)
     apply_fn = model.apply
     spe = config.data.train_split // config.batch_size
-    optimizer = classification.make_optimizer(config.optim, spe)
+    o = config.optim
+    optimizer = optim.make_optimizer(
+        o.name, o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+        warmup_epochs=o.warmup_epochs, warmup_initial=o.warmup_initial, steps_per_epoch=spe)
     augment = None
     if config.data.augmentation:
         augment = lambda key, x: images_lib.random_crop_flip(key, x, config.data.padding)
     batch_fn = classification.make_batch_fn(config.batch_size, spe, augment)
-    train_step = make_train_step(classification.make_loss_terms(apply_fn), optimizer, batch_fn,
-                                 canonical_convs=True)
-    epoch = make_train_chunk(train_step, spe)
+    hparams = tuple(VMAPPABLE[n] for n in axis.hparam_names if VMAPPABLE[n] in HYPERPARAMS)
+    update = make_update(classification.make_loss(apply_fn), optimizer, hyperparams=hparams,
+                         canonical_convs=True)
+    epoch = make_chunk(make_step(update, batch_fn), spe)
     ebs = config.eval_batch_size
 
     def evaluate_one(state, data):
@@ -137,48 +154,42 @@ def build_program(config, dataset=None) -> Program:
         metrics["epoch"] = ep
         return state, metrics
 
-    hparam_map = {VMAPPABLE[n]: n for n in axis.hparam_names}
     shared = {
         "images": jnp.asarray(pool_x),
         "test_images": jnp.asarray(test_x),
         "test_labels": jnp.asarray(dataset["test"][1]),
     }
 
-    def init_one(seed, hparams):
-        per = learner_data(config, seed, jnp.asarray(pool_y), num_classes)
-        variables = model.init(rng.stream(seed, "init"), shared["images"][:1])
+    def init_one(coords):
+        per = learner_data(config, coords, jnp.asarray(pool_y), num_classes)
+        variables = model.init(learner_stream(coords, "init"), shared["images"][:1])
         params = {"params": variables["params"]}  # trained; the rest (batch_stats) is state
         model_state = {k: v for k, v in variables.items() if k != "params"}
-        injected = {opt: hparams[name] for opt, name in hparam_map.items()}
-        state = init_state(params, optimizer, rng.stream(seed, "shuffle"), injected, model_state)
+        values = {VMAPPABLE[n]: coords[n] for n in axis.hparam_names}
+        state = init_state(params, optimizer, learner_stream(coords, "step"), values,
+                           model_state, hyperparams=hparams)
         return state, per
-
-    init_jit = jax.jit(jax.vmap(init_one))
-
-    def init():
-        with jax.threefry_partitionable(False):
-            state, per = init_jit(shard_learners(axis.seed_array()),
-                                  shard_learners(axis.hparams()))
-        return state, {**per, **shared}
 
     per_learner = ("train_idx", "val_idx", "train_labels", "clean_labels", "val_labels",
                    "corrupted", "shuffle_key")
-    axes = {**{k: 0 for k in per_learner}, **{k: None for k in SHARED}}
-    program = Program(
+    axes = (0, {**{k: 0 for k in per_learner}, **{k: None for k in SHARED}})
+    group = config.get("learners_per_group", 0)
+    return Program(
         name=config.name,
+        family="classify",
         axis=axis,
-        init=init,
-        chunk=jax.jit(jax.vmap(chunk_one, in_axes=(0, axes))),
-        evaluate=jax.jit(jax.vmap(evaluate_one, in_axes=(0, axes))),
+        init=make_init(init_one, axis, shared),
+        chunk=jax.jit(map_learners(chunk_one, axes, group)),
+        evaluate=jax.jit(map_learners(evaluate_one, axes, group)),
         num_steps=config.epochs * spe,
         chunk_steps=spe,
         checkpoint_every=config.checkpoint_every * spe,
         keep_steps=tuple(e * spe for e in config.checkpoint_epochs),
+        model=model,
+        steps_per_epoch=spe,
+        trace_counter=epoch,
+        report=format_summary,
     )
-    program.trace_counter = epoch
-    program.model = model
-    program.steps_per_epoch = spe
-    return program
 
 
 def evaluate_names(config) -> tuple:

@@ -14,17 +14,17 @@ import ml_collections
 import optax
 
 from irmx import config_checks as cc
-from irmx import rng
+from irmx import optim
 from irmx.data import sem as sem_lib
-from irmx.experiments.loop import Program, run_program
+from irmx.experiments.loop import Program, run_group, run_program
 from irmx.io import plots
 from irmx.io import workdir as wd
 from irmx.irm import criteria
 from irmx.irm import gradient_managers as gm
 from irmx.irm import metrics as irm_metrics
-from irmx.learners import axis_from_config, shard_learners
+from irmx.learners import axis_from_config, learner_stream, make_init, map_learners
 from irmx.nets import MODELS, make_model
-from irmx.train import init_state, make_train_chunk, make_train_step, sum_terms
+from irmx.train import init_state, make_chunk, make_step, make_update, sum_terms
 
 OPTIMIZERS = ("adam", "sgd")
 MIXINGS = ("additive", "convex")
@@ -80,38 +80,34 @@ def validate(config) -> None:
         cc.numbers(config, "vmapped.penalty_weight", 0.0, 1.0)
     if config.vmapped.get("beta"):
         cc.numbers(config, "vmapped.beta", 0.0, 0.999999)
+    cc.number(config, "learners_per_group", 0, integer=True)
     if config.select_by and config.select_by not in TABLE_METRICS + ("risk", "penalty"):
         cc.fail("select_by", config.select_by, "'' or one of " + ", ".join(TABLE_METRICS))
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
-    """chain(term combiner, adam|sgd) under ``optax.inject_hyperparams`` (vmappable scalars)."""
+    """The shared optimizer factory with IRM's term combiner first (``irmx.optim``); the
+    learning rate and the combiner's scalars are injected (vmappable) hyperparameters."""
     c, m, o = config.criterion, config.gradient_manager, config.optim
 
-    def factory(learning_rate, penalty_weight, alpha, beta):
+    def combiner(penalty_weight, alpha, beta):
         if c.name != "irmv1":
-            combine = sum_terms()
-        elif m.name == "none":
-            combine = gm.weighted_sum(penalty_weight, c.anneal_steps, rescale=True,
-                                      convex=c.mixing == "convex")
-        else:
-            soft_beta = beta if m.name == "soft_adareg" else 0.0
-            combine = gm.adareg(alpha, soft_beta, m.eps, per_tensor=m.per_tensor)
-        if o.name == "adam":
-            base = optax.adam(learning_rate)
-        else:
-            base = optax.sgd(learning_rate, momentum=o.momentum or None)
-        return optax.chain(combine, base)
+            return sum_terms()
+        if m.name == "none":
+            return gm.weighted_sum(penalty_weight, c.anneal_steps, rescale=True,
+                                   convex=c.mixing == "convex")
+        soft_beta = beta if m.name == "soft_adareg" else 0.0
+        return gm.adareg(alpha, soft_beta, m.eps, per_tensor=m.per_tensor)
 
-    return optax.inject_hyperparams(factory)(
-        learning_rate=o.lr, penalty_weight=c.penalty_weight, alpha=m.alpha, beta=m.beta
-    )
+    return optim.make_optimizer(
+        o.name, o.lr, momentum=o.momentum, combiner=combiner,
+        combiner_hparams=dict(penalty_weight=c.penalty_weight, alpha=m.alpha, beta=m.beta))
 
 
-def make_data(config, seed):
-    """The learner's SEM and environments from its ``data`` stream (seed-dependent only)."""
+def make_data(config, key):
+    """The learner's SEM and environments from its ``data`` stream key."""
     d = config.data
-    k_sem, k_env = jax.random.split(rng.stream(seed, "data"))
+    k_sem, k_env = jax.random.split(key)
     sem = sem_lib.make_chain_sem(k_sem, d.dim, d.setting)
     sigmas = tuple(d.train_sigmas) + (d.heldout_sigma,)
     x, y = sem_lib.make_environments(k_env, sem, d.num_samples, sigmas)
@@ -145,8 +141,10 @@ def build_program(config) -> Program:
         x, y = data["train"]
         return loss_terms(params, (x @ data["projection"], y), key)
 
-    train_step = make_train_step(projected_loss_terms, optimizer)
-    chunk = make_train_chunk(train_step, config.chunk_steps)
+    hparams = tuple(VMAPPABLE[n] for n in axis.hparam_names)
+    update = make_update(lambda p, ms, data, key, v: projected_loss_terms(p, data, key),
+                         optimizer, multi_term=True, hyperparams=hparams)
+    chunk = make_chunk(make_step(update), config.chunk_steps)
 
     def chunk_with_lambda(state, data):
         state, metrics = chunk(state, data)
@@ -154,16 +152,16 @@ def build_program(config) -> Program:
         lam = getattr(combiner_state, "penalty_weight", jnp.zeros(()))
         metrics["penalty_weight_t"] = jnp.mean(jnp.stack(
             [jnp.mean(v) for v in jax.tree.leaves(lam)]))
+        del metrics["terms"]
         return state, metrics
 
-    hparam_map = {VMAPPABLE[n]: n for n in axis.hparam_names}
-
-    def init_one(seed, hparams):
-        data = make_data(config, seed)
+    def init_one(coords):
+        data = make_data(config, learner_stream(coords, "data"))
         x0 = data["train"][0][0, :1]
-        params = model.init(rng.stream(seed, "init"), x0)
-        injected = {opt_name: hparams[name] for opt_name, name in hparam_map.items()}
-        state = init_state(params, optimizer, rng.stream(seed, "shuffle"), injected)
+        params = model.init(learner_stream(coords, "init"), x0)
+        values = {VMAPPABLE[n]: coords[n] for n in axis.hparam_names}
+        state = init_state(params, optimizer, learner_stream(coords, "step"), values,
+                           hyperparams=hparams)
         return state, data
 
     def evaluate_one(state, data):
@@ -173,28 +171,22 @@ def build_program(config) -> Program:
         out.update(risk=metrics["risk"], penalty=metrics["penalty"])
         return out
 
-    init_jit = jax.jit(jax.vmap(init_one))
-
-    def init():
-        # Non-partitionable threefry: the same numbers vmapped or not, and on CPU its seed-vmapped
-        # draws compile 3-10x faster than the partitionable default (jax 0.10, measured).
-        with jax.threefry_partitionable(False):
-            return init_jit(shard_learners(axis.seed_array()), shard_learners(axis.hparams()))
-
-    program = Program(
+    group = config.get("learners_per_group", 0)
+    return Program(
         name=config.name,
+        family="irm",
         axis=axis,
-        init=init,
-        chunk=jax.jit(jax.vmap(chunk_with_lambda)),
-        evaluate=jax.jit(jax.vmap(evaluate_one)),
+        init=make_init(init_one, axis),
+        chunk=jax.jit(map_learners(chunk_with_lambda, 0, group)),
+        evaluate=jax.jit(map_learners(evaluate_one, 0, group)),
         num_steps=config.num_steps,
         chunk_steps=config.chunk_steps,
         checkpoint_every=config.checkpoint_every,
         select_by=config.select_by,
         plot=plots.irm_run_figures,
+        model=model,
+        trace_counter=chunk,
     )
-    program.trace_counter = chunk
-    return program
 
 
 def run(config, workdir: str, progress: bool = True, max_chunks: int | None = None,
@@ -259,7 +251,8 @@ def format_table(rows: dict) -> str:
 
 
 def run_study(config, workdir: str, progress: bool = True) -> dict:
-    """Run each experiment of ``config.study`` in ``workdir/<name>``; print one table."""
+    """Run each experiment of ``config.study`` in ``workdir/<name>`` (``run_group``); print one
+    table."""
     names = list(config.get("study_order") or config.study.keys())
     unknown = [n for n in names if n not in config.study]
     if unknown or len(names) != len(config.study):
@@ -267,25 +260,24 @@ def run_study(config, workdir: str, progress: bool = True) -> dict:
     subs = {name: experiment_config(config, name) for name in names}
     for sub in subs.values():
         validate(sub)  # every experiment's config is checked before the first compiles
-    with wd.Workdir(workdir, config.to_dict()) as w:
-        summaries = {
-            n: run(subs[n], os.path.join(workdir, n), progress, report=False) for n in names
-        }
+    members = [(build_program(sub), sub.to_dict()) for sub in subs.values()]
+
+    def combine(summaries):
         rows = {n: table_row(s) for n, s in summaries.items()}
-        table = format_table(rows)
-        seeds = len(summaries[names[0]]["axis"]["seed"])
-        print(f"\nIRM regression study, setting {config.data.setting}, {seeds} seeds "
-              f"(mean +- std over seeds):\n{table}")
         per_seed = {
             n: {m: [r[m] for r in _chosen_rows(s)] for m in TABLE_METRICS}
             for n, s in summaries.items()
         }
-        study = {"setting": config.data.setting, "experiments": rows, "per_seed": per_seed}
-        wd.write_json_atomic(w.file("summary.json"), study)
-        plots.irm_study_figure(w.file("plots", "errors_by_experiment.png"), per_seed)
-        w.set_status("done", 0, experiments=names)
-        study["table"] = table
-        return study
+        return {"setting": config.data.setting, "experiments": rows, "per_seed": per_seed}, \
+            format_table(rows)
+
+    study = run_group(members, config.to_dict(), workdir, combine, progress)
+    seeds = len(members[0][0].axis.seeds)
+    print(f"\nIRM regression study, setting {config.data.setting}, {seeds} seeds "
+          f"(mean +- std over seeds):\n{study['table']}")
+    plots.irm_study_figure(os.path.join(workdir, "plots", "errors_by_experiment.png"),
+                           study["per_seed"])
+    return study
 
 
 def _chosen_rows(summary: dict) -> list[dict]:

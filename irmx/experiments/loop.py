@@ -1,13 +1,23 @@
-"""The one driver loop: workdir, resume, lax.scan chunks, metrics, checkpoints, summary.
+"""The one runner: workdir, results store, resume, lax.scan chunks, metrics, checkpoints, summary.
 
 A family describes its experiment as a ``Program`` of pure, jitted, learner-vmapped functions;
-``run_program`` does everything that touches the filesystem, identically for every family.
+``run_program`` does everything that touches the filesystem, identically for every family, for
+training programs and for eval-only ones (``chunk=None``), and ``run_group`` runs several
+programs under one workdir with one combined table.
+
+Results are stored per learner (``DIR/learners/<learner_id>.json``): a re-run with a grown
+learner axis trains only the learners it has no result for, as one **cohort** whose stacked
+checkpoints live in ``DIR/ckpt/<cohort>/`` (``cohort.json`` there lists its learner ids in
+order); the summary always covers the whole current axis.
 """
 
 import dataclasses
+import hashlib
+import os
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -15,29 +25,36 @@ from tensorboardX import SummaryWriter
 
 from irmx.io import checkpoints
 from irmx.io import workdir as wd
-from irmx.learners import LearnerAxis, summarize
+from irmx.learners import AXIS_KEYS, LearnerAxis, summarize
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Program:
-    """A family's experiment as pure functions over the learner axis N.
+    """A family's experiment as pure functions over a learner axis.
 
-    init() -> (state_N, data):  fresh train state of every learner and its data
-    chunk(state_N, data) -> (state_N, metrics_N):  ``chunk_steps`` steps, last-step metrics
-    evaluate(state_N, data) -> metrics_N:  final metrics, per learner
+    init(coords) -> (state_n, data): fresh state of the learners whose numeric coordinates are
+        ``coords`` (name -> array (n,), a subset of ``axis``) and their data
+    chunk(state_n, data) -> (state_n, metrics_n): ``chunk_steps`` steps, last-step metrics;
+        None for an eval-only program (no training steps, no checkpoints)
+    evaluate(state_n, data) -> metrics_n: final metrics, per learner
     """
 
     name: str
+    family: str
     axis: LearnerAxis
     init: Callable
-    chunk: Callable
     evaluate: Callable
-    num_steps: int
-    chunk_steps: int
-    checkpoint_every: int  # steps; a multiple of chunk_steps
+    chunk: Callable | None = None
+    num_steps: int = 0
+    chunk_steps: int = 1
+    checkpoint_every: int = 0  # steps; a multiple of chunk_steps (0: only at the end)
+    keep_steps: tuple = ()  # steps whose checkpoints are kept for good (numbered checkpoints)
     select_by: str = ""
     plot: Callable | None = None  # plot(workdir_path, summary, history_rows)
-    keep_steps: tuple = ()  # steps whose checkpoints are kept for good (numbered checkpoints)
+    report: Callable | None = None  # report(summary) -> str, printed after a run
+    model: Any = None  # the flax module (run loader, measures)
+    steps_per_epoch: int = 1
+    trace_counter: Any = None  # the chunk function whose num_traces counts traces
 
 
 class Progress:
@@ -69,90 +86,199 @@ class Progress:
             sys.stderr.flush()
 
 
-def _rows(axis: LearnerAxis, step: int, metrics_N: dict) -> list[dict]:
-    coords = axis.coords
-    metrics_N = {k: np.asarray(v) for k, v in metrics_N.items()}
+def _rows(axis: LearnerAxis, indices, ids, cohort: str, step: int, metrics_n: dict) -> list:
+    metrics_n = {k: np.asarray(v) for k, v in metrics_n.items()}
+    all_rows = axis.rows
     rows = []
-    for i in range(axis.size):
-        row = {"step": step, "learner": i, **{n: c[i].item() for n, c in coords.items()}}
-        row.update({k: v[i] for k, v in metrics_N.items()})
+    for j, i in enumerate(indices):
+        row = {"step": step, "learner": int(i), "learner_id": ids[i], "cohort": cohort,
+               **all_rows[i]}
+        row.update({k: v[j] for k, v in metrics_n.items()})
         rows.append(row)
     return rows
 
 
-def _write_tb(writer: SummaryWriter, step: int, metrics_N: dict, diverged_N) -> None:
-    ok = ~np.asarray(diverged_N, bool)
-    for k, v in metrics_N.items():
+def _write_tb(writer: SummaryWriter, step: int, metrics_n: dict, diverged_n, indices) -> None:
+    ok = ~np.asarray(diverged_n, bool)
+    for k, v in metrics_n.items():
         v = np.asarray(v, np.float64)
         if v.ndim != 1 or not np.isfinite(v[ok]).any():
             continue  # e.g. evaluation metrics of a chunk that did not evaluate
         writer.add_scalar(f"mean/{k}", float(np.nanmean(v[ok])), step)
-        for i, x in enumerate(v):
+        for i, x in zip(indices, v):
             if np.isfinite(x):
                 writer.add_scalar(f"learner_{i:03d}/{k}", float(x), step)
 
 
-def run_program(
-    program: Program,
-    config_dict: dict,
-    workdir: str,
-    progress: bool = True,
-    max_chunks: int | None = None,
-) -> dict:
+class ResultsStore:
+    """Final results per learner, ``DIR/learners/<learner_id>.json`` (written atomically)."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def path(self, learner_id: str) -> str:
+        return os.path.join(self.folder, f"{learner_id}.json")
+
+    def __contains__(self, learner_id: str) -> bool:
+        return os.path.exists(self.path(learner_id))
+
+    def get(self, learner_id: str) -> dict:
+        return wd.read_json(self.path(learner_id))
+
+    def put(self, learner_id: str, record: dict) -> None:
+        wd.write_json_atomic(self.path(learner_id), record)
+
+
+def _stack_results(records: list[dict]) -> tuple[dict, np.ndarray]:
+    """Per-learner metric dicts -> (name -> array (N, ...)), diverged (N,)."""
+    names = list(dict.fromkeys(k for r in records for k in r["metrics"]))
+    metrics = {}
+    for k in names:
+        vals = [r["metrics"].get(k) for r in records]
+        shape = next((np.shape(v) for v in vals if v is not None), ())
+        metrics[k] = np.stack([np.full(shape, np.nan) if v is None else
+                               np.asarray(v, np.float64) for v in vals])
+    return metrics, np.array([r["diverged"] for r in records], bool)
+
+
+def cohort_name(ids: list[str]) -> str:
+    return hashlib.sha256(",".join(ids).encode()).hexdigest()[:12]
+
+
+def _train(program, w, indices, ids, cohort, progress, max_chunks):
+    """Train the cohort ``indices`` from its latest checkpoint; (state, data) at the end, or
+    None when ``max_chunks`` stopped it early (status preempted)."""
+    state, data = program.init(program.axis.numeric_coords(indices))
+    manager = checkpoints.make_manager(w.file("ckpt", cohort), keep_steps=program.keep_steps)
+    writer = tb = None
+    try:
+        state, step = checkpoints.restore_latest(manager, state)
+        saved = set(manager.all_steps())
+        if step == 0 and 0 in program.keep_steps and 0 not in saved:
+            checkpoints.save(manager, 0, state)  # the initialisation, as a numbered checkpoint
+        if step:
+            print(f"[{program.name}] resuming {w.path} from step {step}.")
+        n = program.axis.size
+        w.set_status("running", step, num_learners=n, training=len(indices))
+        writer = wd.MetricsWriter(w.file("metrics.jsonl"), resume_step=step, cohort=cohort)
+        tb = SummaryWriter(w.file("tb"))
+        bar = Progress(program.name, program.num_steps, progress)
+        done_chunks = 0
+        while step < program.num_steps:
+            if max_chunks is not None and done_chunks >= max_chunks:
+                w.set_status("preempted", step, num_learners=n, training=len(indices))
+                bar.done()
+                return None
+            state, metrics = program.chunk(state, data)
+            metrics = jax.device_get(metrics)
+            step += program.chunk_steps
+            done_chunks += 1
+            writer.write(_rows(program.axis, indices, ids, cohort, step, metrics))
+            _write_tb(tb, step, metrics, metrics["diverged"], indices)
+            every = program.checkpoint_every
+            if ((every and step % every == 0) or step == program.num_steps
+                    or step in program.keep_steps) and step not in saved:
+                checkpoints.save(manager, step, state)
+                saved.add(step)
+            num_div = int(np.sum(metrics["diverged"]))
+            w.set_status("running", step, num_learners=n, training=len(indices),
+                         num_diverged=num_div)
+            bar.update(step, f"diverged {num_div}")
+        bar.done()
+        return state, data
+    finally:
+        for closer in (writer, tb, manager):
+            if closer is not None:
+                closer.close()
+
+
+def run_program(program: Program, config_dict: dict, workdir: str, progress: bool = True,
+                max_chunks: int | None = None) -> dict:
     """Run (or resume, or skip if finished) ``program`` in ``workdir``; returns summary.json.
 
     ``max_chunks`` stops after that many chunks of this call (status "preempted"), e.g. to
     share a time-sliced machine; the next call resumes from the last checkpoint.
     """
-    with wd.Workdir(workdir, config_dict) as w:
-        if w.state == "done":
+    with wd.Workdir(workdir, config_dict, family=program.family, axis_keys=AXIS_KEYS) as w:
+        axis = program.axis
+        ids = axis.learner_ids(config_dict)
+        store = ResultsStore(w.file("learners"))
+        todo = [i for i, lid in enumerate(ids) if lid not in store]
+        if w.state == "done" and not todo and os.path.exists(w.file("summary.json")):
             print(f"[{program.name}] {w.path} already holds this finished run; nothing to do.")
             return wd.read_json(w.file("summary.json"))
-        state, data = program.init()
-        manager = checkpoints.make_manager(w.file("ckpt"), keep_steps=program.keep_steps)
-        state, step = checkpoints.restore_latest(manager, state)
-        if step == 0 and 0 in program.keep_steps:
-            checkpoints.save(manager, 0, state)  # the initialisation, as a numbered checkpoint
-        if step:
-            print(f"[{program.name}] resuming {w.path} from step {step}.")
-        w.set_status("running", step, num_learners=program.axis.size)
-        writer = wd.MetricsWriter(w.file("metrics.jsonl"), resume_step=step)
-        tb = SummaryWriter(w.file("tb"))
-        bar = Progress(program.name, program.num_steps, progress)
+        step = 0
         try:
-            done_chunks = 0
-            while step < program.num_steps:
-                if max_chunks is not None and done_chunks >= max_chunks:
-                    w.set_status("preempted", step, num_learners=program.axis.size)
-                    bar.done()
-                    return {}
-                state, metrics = program.chunk(state, data)
-                metrics = jax.device_get(metrics)
-                step += program.chunk_steps
-                done_chunks += 1
-                writer.write(_rows(program.axis, step, metrics))
-                _write_tb(tb, step, metrics, metrics["diverged"])
-                if (step % program.checkpoint_every == 0 or step == program.num_steps
-                        or step in program.keep_steps):
-                    checkpoints.save(manager, step, state)
-                bar.update(step, f"diverged {int(np.sum(metrics['diverged']))}")
-            bar.done()
-            final = jax.device_get(program.evaluate(state, data))
-            diverged = np.asarray(jax.device_get(state.diverged))
-            summary = summarize(program.axis, final, diverged, program.select_by)
-            summary["name"] = program.name
-            summary["num_steps"] = program.num_steps
+            if todo:
+                if len(todo) < axis.size:
+                    print(f"[{program.name}] {axis.size - len(todo)} of {axis.size} learners "
+                          f"have results in {w.path}; computing the other {len(todo)}.")
+                cohort_ids = [ids[i] for i in todo]
+                cohort = cohort_name(cohort_ids)
+                wd.write_json_atomic(w.file("ckpt", cohort, "cohort.json"),
+                                     {"learners": cohort_ids, "indices": todo})
+                if program.chunk is None:
+                    w.set_status("running", 0, num_learners=axis.size, training=0)
+                    out = program.init(axis.numeric_coords(todo))
+                else:
+                    out = _train(program, w, todo, ids, cohort, progress, max_chunks)
+                    if out is None:
+                        return {}
+                state, data = out
+                step = program.num_steps
+                final = jax.device_get(program.evaluate(state, data))
+                diverged = (np.asarray(jax.device_get(state.diverged)) if program.chunk
+                            else np.zeros(len(todo), bool))
+                for j, i in enumerate(todo):
+                    store.put(ids[i], {
+                        "learner_id": ids[i], "coords": axis.rows[i], "cohort": cohort,
+                        "cohort_index": j, "diverged": bool(diverged[j]),
+                        "metrics": {k: np.asarray(v)[j] for k, v in final.items()},
+                    })
+            records = [store.get(lid) for lid in ids]
+            final, diverged = _stack_results(records)
+            summary = summarize(axis, final, diverged, program.select_by, learner_ids=ids)
+            summary.update(name=program.name, family=program.family,
+                           num_steps=program.num_steps)
             wd.write_json_atomic(w.file("summary.json"), summary)
             if program.plot is not None:
                 program.plot(w.path, summary, wd.read_metrics(w.file("metrics.jsonl")))
             final_state = "diverged" if diverged.all() else "done"
-            w.set_status(final_state, step, num_learners=program.axis.size,
+            w.set_status(final_state, program.num_steps, num_learners=axis.size,
                          num_diverged=int(diverged.sum()))
+            if final_state == "diverged":
+                print(f"[{program.name}] every learner diverged (non-finite loss); see "
+                      f"{w.file('metrics.jsonl')}")
             return summary
+        except KeyboardInterrupt:
+            w.set_status("interrupted", step,
+                         message="interrupted; re-run the same command to resume")
+            raise
         except BaseException as e:
             w.set_status("failed", step, error=f"{type(e).__name__}: {e}")
             raise
-        finally:
-            writer.close()
-            tb.close()
-            manager.close()
+
+
+def run_group(members: list[tuple[Program, dict]], config_dict: dict, workdir: str,
+              combine: Callable, progress: bool = True) -> dict:
+    """Run each ``(program, config_dict)`` in ``workdir/<program.name>``, then
+    ``combine(summaries) -> (group_summary, table)``: the group's summary.json and the one
+    table printed (an IRM study, a batch-size sweep, hypergrad algorithms, a model zoo)."""
+    with wd.Workdir(workdir, config_dict, family=members[0][0].family if members else "",
+                    axis_keys=AXIS_KEYS) as w:
+        try:
+            w.set_status("running", 0, members=[p.name for p, _ in members])
+            summaries = {p.name: run_program(p, c, os.path.join(workdir, p.name), progress)
+                         for p, c in members}
+            group, table = combine(summaries)
+            wd.write_json_atomic(w.file("summary.json"), group)
+            w.set_status("done", 0, members=list(summaries))
+            group["table"] = table
+            return group
+        except KeyboardInterrupt:
+            w.set_status("interrupted", 0,
+                         message="interrupted; re-run the same command to resume")
+            raise
+        except BaseException as e:
+            w.set_status("failed", 0, error=f"{type(e).__name__}: {e}")
+            raise
