@@ -11,7 +11,8 @@ Three layers, each a pure function you can call, jit, vmap or differentiate on i
   al. 2020; Clarke et al. 2022): the gradient of the loss, the hooks of the step window, the
   optax update. ``values`` is the learner's pytree of per-learner values (hyperparameters,
   intervention parameters); the names in ``hyperparams`` are written into the optimizer state
-  with ``optax.tree_utils.tree_set`` before every update, so the update is a differentiable
+  (``set_hyperparams``, the injected hyperparameters of ``optax.inject_hyperparams``) before
+  every update, so the update is a differentiable
   function of them (``jax.grad`` through a chunk w.r.t. a learning rate works; tested against
   finite differences).
 * ``make_step(update, batch_fn)`` wraps it: folds the learner's step key with the step number,
@@ -52,7 +53,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from optax import tree_utils as otu
 
 from irmx import conv_layout
 
@@ -139,26 +139,41 @@ def _with_activation_hooks(fn, hooks, values, key, step):
     return wrapped
 
 
+def _is_inject(s) -> bool:
+    return isinstance(s, optax.InjectStatefulHyperparamsState)
+
+
 def set_hyperparams(opt_state, **values):
-    """``optax.tree_utils.tree_set`` of injected hyperparameters, anywhere in a (nested) optax
-    state built with ``optax.inject_hyperparams``; an unknown name is one clear error."""
-    for name in values:
-        if otu.tree_get(opt_state, name, default=None) is None:
-            raise ValueError(
-                f"{name!r} is not an injected optimizer hyperparameter; allowed: "
-                f"{', '.join(hyperparam_names(opt_state)) or 'none (use optax.inject_hyperparams)'}"
-            )
-    cast = {n: jnp.asarray(v, jnp.asarray(otu.tree_get(opt_state, n)).dtype)
-            for n, v in values.items()}
-    return otu.tree_set(opt_state, **cast) if cast else opt_state
+    """Set injected hyperparameters (``optax.inject_hyperparams``) anywhere in a nested optax
+    state, cast to their dtype: the ``hyperparams`` entries of every inject state that has
+    the name (``optax.tree_utils.tree_set`` would also hit a same-named field of an inner
+    state, e.g. a combiner's logged ``penalty_weight``). An unknown name is one clear error."""
+    unknown = [n for n in values if n not in hyperparam_names(opt_state)]
+    if unknown:
+        raise ValueError(
+            f"{unknown[0]!r} is not an injected optimizer hyperparameter; allowed: "
+            f"{', '.join(hyperparam_names(opt_state)) or 'none (use optax.inject_hyperparams)'}"
+        )
+    if not values:
+        return opt_state
+
+    def set_one(s):
+        if not _is_inject(s):
+            return s
+        new = dict(s.hyperparams)
+        for n, v in values.items():
+            if n in new:
+                new[n] = jnp.asarray(v, jnp.asarray(new[n]).dtype)
+        return s._replace(hyperparams=new)
+
+    return jax.tree.map(set_one, opt_state, is_leaf=_is_inject)
 
 
 def hyperparam_names(opt_state) -> tuple[str, ...]:
     """Names of every injected hyperparameter of a (nested) optax state."""
     names = []
-    for state in jax.tree.leaves(
-            opt_state, is_leaf=lambda s: isinstance(s, optax.InjectStatefulHyperparamsState)):
-        if isinstance(state, optax.InjectStatefulHyperparamsState):
+    for state in jax.tree.leaves(opt_state, is_leaf=_is_inject):
+        if _is_inject(state):
             names += [n for n in state.hyperparams if n not in names]
     return tuple(names)
 

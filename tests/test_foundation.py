@@ -7,8 +7,8 @@ import numpy as np
 import optax
 import pytest
 
-from configs.irm import regression
 from irmx import learners, rng, train
+from irmx.configs.irm import regression
 from irmx.experiments import irm
 
 
@@ -111,34 +111,37 @@ def test_diverged_learner_is_masked_and_others_finish():
     assert np.all(np.asarray(final["heldout_mse"])[lr < 1] < 1e3)
 
 
-def test_train_step_plain_sum_matches_optax():
-    """With one term, make_train_step is plain optax: same params as a hand-written sgd loop."""
+def test_multi_term_sum_matches_hand_written_sgd():
+    """The opt-in multi-term loss with sum_terms is plain optimisation of the summed loss."""
     params = {"w": jnp.array([1.0, -2.0])}
     x = jnp.array([[1.0, 2.0], [3.0, -1.0]])
     y = jnp.array([1.0, 0.0])
 
-    def loss_terms(p, batch, key):
-        del key
+    def loss_terms(p, model_state, batch, key, values):
         r = jnp.mean((batch[0] @ p["w"] - batch[1]) ** 2)
-        return r[None], {"risk": r}
+        return jnp.stack([r, 0.0 * r]), {"risk": r}
 
     opt = optax.inject_hyperparams(lambda learning_rate: optax.chain(
         train.sum_terms(), optax.sgd(learning_rate)))(learning_rate=0.1)
-    state = train.init_state(params, opt, jax.random.key(0), {"learning_rate": 0.05})
-    step = jax.jit(train.make_train_step(loss_terms, opt))
+    state = train.init_state(params, opt, jax.random.key(0), {"learning_rate": 0.05},
+                             hyperparams=("learning_rate",))
+    update = train.make_update(loss_terms, opt, multi_term=True)
+    step = jax.jit(train.make_step(update))
     w = np.array([1.0, -2.0])
     for _ in range(5):
-        state, _ = step(state, (x, y))
+        state, metrics = step(state, (x, y))
         grad = 2 * np.asarray(x).T @ (np.asarray(x) @ w - np.asarray(y)) / 2
         w = w - 0.05 * grad
     np.testing.assert_allclose(state.params["w"], w, rtol=1e-5)
-    assert int(state.step) == 5
+    assert int(state.step) == 5 and metrics["terms"].shape == (2,)
 
 
 def test_set_hyperparams_rejects_unknown_names():
     opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
-    with pytest.raises(ValueError, match="not optimizer hyperparameters"):
-        train.init_state({"w": jnp.zeros(2)}, opt, jax.random.key(0), {"momentumm": 0.9})
+    with pytest.raises(ValueError, match="'momentumm' is not an injected optimizer "
+                                         "hyperparameter; allowed: learning_rate"):
+        train.init_state({"w": jnp.zeros(2)}, opt, jax.random.key(0), {"momentumm": 0.9},
+                         hyperparams=("momentumm",))
 
 
 def test_canonical_convs_train_step_matches_plain():
@@ -155,18 +158,17 @@ def test_canonical_convs_train_step_matches_plain():
     x = jax.random.normal(jax.random.key(0), (8, 8, 8, 1))
     y = jnp.arange(8) % 3
 
-    def loss_terms(p, batch, key):
+    def loss(p, model_state, batch, key, values):
         logits = model.apply(p, batch[0])
         r = optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
-        return r[None], {"risk": r}
+        return r, {"risk": r}
 
-    opt = optax.inject_hyperparams(lambda learning_rate: optax.chain(
-        train.sum_terms(), optax.sgd(learning_rate, momentum=0.9)))(learning_rate=0.1)
+    opt = optax.sgd(0.1, momentum=0.9)
     state = train.init_state(model.init(jax.random.key(1), x), opt, jax.random.key(2))
     out = []
     for canonical in (False, True):
-        step = train.make_train_step(loss_terms, opt, canonical_convs=canonical)
-        chunk = jax.jit(train.make_train_chunk(step, 4))
+        update = train.make_update(loss, opt, canonical_convs=canonical)
+        chunk = jax.jit(train.make_chunk(train.make_step(update), 4))
         out.append(chunk(state, (x, y))[0].params)
     for a, b in zip(jax.tree.leaves(out[0]), jax.tree.leaves(out[1])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -182,8 +184,7 @@ def test_learners_shard_over_devices_with_the_same_numbers(tmp_path):
     script = tmp_path / "sharded.py"
     script.write_text(
         "import sys, numpy as np, jax\n"
-        f"sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))!r})\n"
-        "from configs.irm import regression\n"
+        "from irmx.configs.irm import regression\n"
         "from irmx.experiments import irm\n"
         "c = regression.get_config('irmv1,smoke')\n"
         "p = irm.build_program(c)\n"

@@ -17,11 +17,11 @@ from irmx import config_checks as cc
 from irmx import optim
 from irmx.data import sem as sem_lib
 from irmx.experiments.loop import Program, run_group, run_program
-from irmx.io import plots
 from irmx.io import workdir as wd
 from irmx.irm import criteria
 from irmx.irm import gradient_managers as gm
 from irmx.irm import metrics as irm_metrics
+from irmx.irm import plots
 from irmx.learners import axis_from_config, learner_stream, make_init, map_learners
 from irmx.nets import MODELS, make_model
 from irmx.train import init_state, make_chunk, make_step, make_update, sum_terms
@@ -37,6 +37,9 @@ TABLE_METRICS = ("causal_error", "noncausal_error", "heldout_mse")
 def validate(config) -> None:
     """Every value checked before compilation (one line naming key, value and what is allowed)."""
     cc.learner_seeds(config)
+    if config.get("study_order") and not config.get("study"):
+        cc.fail("study_order", tuple(config.study_order),
+                "() unless config.study names the experiments it orders")
     cc.choice(config, "data.setting", sem_lib.SETTINGS)
     cc.number(config, "data.dim", 2, 10_000, integer=True)
     if config.data.dim % 2:
