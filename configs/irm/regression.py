@@ -20,6 +20,8 @@ and ``select_by=heldout_mse`` picks the smallest penalty weight on FEU.
 
 import ml_collections
 
+from irmx.config_args import parse_arg
+
 EXPERIMENTS = ("base_erm", "base_erm_oracle", "irmv1", "adareg_simple", "adareg")
 
 
@@ -143,9 +145,9 @@ def _paper(c):
 
 def get_config(arg=None):
     """``arg``: an experiment name, ``study``, ``paper``, or any of them + ``,smoke``."""
-    parts = [p for p in (arg or "irmv1").split(",") if p]
+    a = parse_arg(arg or "irmv1", variants=(*OVERRIDES, "study", "paper", "smoke"))
     c = _base()
-    for part in parts:
+    for part in a.variants:
         if part in OVERRIDES:
             c = _apply(c, OVERRIDES[part])
             c.name = part
@@ -158,9 +160,6 @@ def get_config(arg=None):
             c = _paper(c)
         elif part == "smoke":
             c = _smoke(c)
-        else:
-            allowed = ", ".join((*OVERRIDES, "study", "paper", "smoke"))
-            raise ValueError(f"unknown config variant {part!r}; allowed: {allowed}")
     if "study" not in c:
         c.study = ml_collections.ConfigDict()  # experiment name -> overrides (study variants)
         c.study_order = ()  # the order of the study's experiments in its table

@@ -23,8 +23,11 @@ worker measures points [skip, num_samples). Two workers over 256 points in batch
 
 import ml_collections
 
+from irmx.config_args import parse_arg
+
 
 def get_config(arg=None):
+    a = parse_arg(arg, variants=("smoke", "seed_power_iteration"), combine=False)
     c = ml_collections.ConfigDict()
     c.name = "stats"  # the seed's NAME: first folder of the per-batch outputs
     c.source = ""  # training workdir (launch/train.py)
@@ -44,12 +47,10 @@ def get_config(arg=None):
     c.atol = 0.0  # matrix_free: absolute tolerance (the seed's: 1e-2 with tol 0)
     c.max_iters = 200  # matrix_free: iteration cap (seed: 10)
     c.num_probes = 64  # matrix_free Frobenius (Hutchinson): probes per sample
-    if arg == "smoke":
+    if "smoke" in a.variants:
         c.num_samples = 40
         c.batch_size = 20
-    elif arg == "seed_power_iteration":
+    elif "seed_power_iteration" in a.variants:
         c.mode = "matrix_free"
         c.tol, c.atol, c.max_iters = 0.0, 1e-2, 10
-    elif arg:
-        raise ValueError(f"unknown config variant {arg!r}; allowed: smoke, seed_power_iteration")
     return c

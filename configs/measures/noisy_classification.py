@@ -15,9 +15,11 @@ Checkpoint i is the model after ``checkpoint_epochs[i]`` epochs (0 = initialisat
 
 import ml_collections
 
+from irmx.config_args import parse_arg
+
 
 def get_config(arg=None):
-    parts = [p for p in (arg or "digits").split(",") if p]
+    a = parse_arg(arg or "digits", variants=("digits", "cifar10_resnet18", "smoke"))
     c = ml_collections.ConfigDict()
     c.name = "noisy_classification"  # label in tables and paths
     c.seed = 42  # first root seed
@@ -57,7 +59,7 @@ def get_config(arg=None):
     c.vmapped.lr = ()
     c.vmapped.weight_decay = ()
 
-    for part in parts:
+    for part in a.variants:
         if part == "digits":
             pass
         elif part == "cifar10_resnet18":
@@ -78,9 +80,6 @@ def get_config(arg=None):
             c.checkpoint_epochs = (0, 2, 4)
             c.checkpoint_every = 2
             c.optim.warmup_epochs = 1
-        else:
-            raise ValueError(f"unknown config variant {part!r}; allowed: digits, "
-                             "cifar10_resnet18, smoke")
     return c
 
 
@@ -88,6 +87,6 @@ def get_sweep(arg=None):
     """Model-width sweep (separate programs: width changes shapes) for the double-descent
     figure: one-hidden-layer MLPs on the embedded digits with 20% label noise."""
     widths = (2, 4, 8, 16, 32, 64, 128, 256, 512)
-    if arg == "smoke":
+    if "smoke" in parse_arg(arg, variants=("smoke",)).variants:
         widths = (4, 32)
     return [{"model.name": f"mlp_{w}"} for w in widths]
