@@ -3,10 +3,13 @@
 Each check raises ``ConfigError`` with one line naming the key, the value and what is allowed.
 """
 
+import collections
 import math
 
+from irmx.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """An invalid config value: ``config.<key>=<value>: allowed <what>``."""
 
 
@@ -21,6 +24,29 @@ def fail(key: str, value, allowed: str):
     raise ConfigError(f"config.{key}={value!r} is invalid; allowed: {allowed}")
 
 
+def _bound(x) -> str:
+    """A range end as a person writes it: 0 and 1000000 rather than 0.0 and 1000000.0."""
+    return str(int(x)) if isinstance(x, float) and x.is_integer() else str(x)
+
+
+def _range(kind: str, low, high, low_open: bool, high_open: bool) -> str:
+    """``kind`` (finite values only) between ``low`` and ``high``, without spelling an infinite
+    end as if it were allowed: "a finite number > 0", "an integer in [1, 100]"."""
+    if math.isinf(low) and math.isinf(high):
+        return kind
+    if math.isinf(high):
+        return f"{kind} {'>' if low_open else '>='} {_bound(low)}"
+    if math.isinf(low):
+        return f"{kind} {'<' if high_open else '<='} {_bound(high)}"
+    lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+    return f"{kind} in {lo}{_bound(low)}, {_bound(high)}{hi}"
+
+
+def _in_range(v, low, high, low_open: bool, high_open: bool) -> bool:
+    return math.isfinite(v) and (v > low if low_open else v >= low) and (
+        v < high if high_open else v <= high)
+
+
 def choice(config, key: str, allowed) -> None:
     value = _get(config, key)
     if value not in allowed:
@@ -29,35 +55,27 @@ def choice(config, key: str, allowed) -> None:
 
 def number(config, key: str, low=-math.inf, high=math.inf, *, integer=False,
            low_open=False, high_open=False) -> None:
-    """``low <= value <= high`` (open ends when asked); an int when ``integer``."""
+    """A finite ``low <= value <= high`` (open ends when asked); an int when ``integer``."""
     value = _get(config, key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-        integer and not isinstance(value, int)
+    kind = "an integer" if integer else "a finite number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or (
+        not _in_range(value, low, high, low_open, high_open)
     ):
-        fail(key, value, "an integer" if integer else "a number")
-    bad = (
-        not math.isfinite(value)
-        or (value <= low if low_open else value < low)
-        or (value >= high if high_open else value > high)
-    )
-    if bad or math.isnan(value):
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        fail(key, value, f"{'an integer' if integer else 'a number'} in {lo}{low}, {high}{hi}")
+        fail(key, value, _range(kind, low, high, low_open, high_open))
 
 
 def numbers(config, key: str, low=-math.inf, high=math.inf, *, low_open=False, min_len=0,
             integer=False) -> None:
     """A sequence of finite numbers (integers when ``integer``), each in range."""
     values = _get(config, key)
-    kind = "integers" if integer else "numbers"
+    kind = "integers" if integer else "finite numbers"
     if not isinstance(values, (list, tuple)) or len(values) < min_len:
         fail(key, values, f"a sequence of at least {min_len} {kind}")
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)) or (
-            not math.isfinite(v)
-        ) or (v <= low if low_open else v < low) or v > high:
-            fail(key, values, f"finite {kind} in {'(' if low_open else '['}{low}, {high}]")
+            not _in_range(v, low, high, low_open, False)
+        ):
+            fail(key, values, _range(kind, low, high, low_open, False))
 
 
 def multiple_of(config, key: str, divisor_key: str) -> None:
@@ -70,6 +88,10 @@ def learner_seeds(config) -> None:
     """The learner axis' seeds: an explicit ``seeds`` list, or ``seed`` + ``num_seeds``."""
     if config.get("seeds"):
         numbers(config, "seeds", 0, 2**32 - 1, min_len=1, integer=True)
+        twice = sorted(s for s, n in collections.Counter(config.seeds).items() if n > 1)
+        if twice:
+            fail("seeds", config.seeds, "distinct seeds (repeated: "
+                 f"{', '.join(map(str, twice))}; one learner each)")
     else:
         number(config, "seed", 0, 2**32 - 1, integer=True)
         number(config, "num_seeds", 1, 100_000, integer=True)

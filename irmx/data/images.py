@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from irmx.errors import UserError
+
 EMBEDDED = ("digits", "mnist_5k")
 TFDS_NAMES = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 DATASETS = EMBEDDED + TFDS_NAMES  # every name load_image_data accepts
@@ -36,7 +38,7 @@ CHANNEL_STATS = {
 }
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A tfds data set is not prepared in ``data_dir`` (irmx never downloads one)."""
 
 

@@ -1,20 +1,60 @@
-"""What every ``launch/<family>.py`` main shares: --config, --workdir, --print_config."""
+"""What every ``launch/<family>.py`` main shares: --config, --workdir, --print_config.
 
+Anything the user can fix (``irmx.errors.UserError``: a bad config value, a missing config file,
+an unknown key, an unusable workdir, a data set that is not prepared) ends the command with one
+line ``error: ...`` on stderr and exit status 2, never a traceback.
+"""
+
+import ast
+import difflib
+import importlib.util
 import os
+import re
 import sys
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
+from ml_collections.config_flags import tuple_parser
 
-from irmx.config_checks import ConfigError
-from irmx.io.workdir import WorkdirError
+import irmx
+from irmx.errors import UserError
+from irmx.io import workdir as wd
 
 FLAGS = flags.FLAGS
+
+
+def config_file(name: str) -> str:
+    """Path of ``configs/<name>`` as irmx ships it (``irmx/configs``: in a checkout, a link to
+    the repository's ``configs/``), for a main's default ``--config``."""
+    return os.path.join(os.path.dirname(os.path.abspath(irmx.__file__)), "configs", name)
+
+
+class _NonFinite(ast.NodeTransformer):
+    """Bare ``nan`` and ``inf`` in a literal as the floats they name."""
+
+    def visit_Name(self, node):
+        return ast.Constant(float(node.id)) if node.id in ("nan", "inf") else node
+
+
+class _TupleParser(tuple_parser.TupleParser):
+    """ml_collections' tuple override parser, reading ``nan`` and ``inf`` as floats: otherwise
+    ``--config.x='(0.2,nan)'`` becomes the 1-tuple of that string and is echoed mangled."""
+
+    def parse(self, argument):
+        if isinstance(argument, str) and re.search(r"\b(nan|inf)\b", argument):
+            try:
+                value = ast.literal_eval(_NonFinite().visit(ast.parse(argument, mode="eval")))
+            except (SyntaxError, ValueError):
+                return super().parse(argument)
+            return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        return super().parse(argument)
 
 
 def define_flags(default_config: str) -> None:
     """--config (a config file[:variant], locked: a misspelt key is an error), --workdir,
     --print_config (print the resolved config and exit)."""
+    config_flags.register_flag_parser_for_type(tuple, _TupleParser())
     config_flags.DEFINE_config_file(
         "config", default_config, "Config file[:variant]; override fields with --config.a.b=v.",
         lock_config=True,
@@ -22,6 +62,88 @@ def define_flags(default_config: str) -> None:
     flags.DEFINE_string("workdir", None, "Run directory (created; an existing one resumes).")
     flags.DEFINE_bool("print_config", False, "Print the resolved config and exit.")
     flags.DEFINE_bool("progress", True, "Show a progress line while training.")
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line checked before absl and ml_collections see it (their errors are tracebacks
+# or lose the key's path)
+
+
+def config_argument(argv, default_config: str) -> str:
+    """The value of ``--config`` in ``argv`` (``--config=F``, ``--config F``), else the default."""
+    for i, arg in enumerate(argv[1:], 1):
+        if re.match(r"^--?config=", arg):
+            return arg.split("=", 1)[1]
+        if re.match(r"^--?config$", arg) and i + 1 < len(argv):
+            return argv[i + 1]
+    return default_config
+
+
+def override_keys(argv) -> list[str]:
+    """The dotted keys of ``--config.a.b=v`` (and ``--noconfig.a.b``) flags in ``argv``."""
+    return [arg.split("=", 1)[0].split(".", 1)[1] for arg in argv[1:]
+            if re.match(r"^--?(no)?config\.", arg)]
+
+
+def load_config(spec: str):
+    """``get_config(arg)`` of the config file of ``spec`` = ``path[:arg]``; ``UserError`` for a
+    missing file or a ``ValueError`` of ``get_config`` (an unknown variant)."""
+    path, colon, arg = spec.partition(":")
+    if not os.path.isfile(path):
+        folder = os.path.dirname(path) or "."
+        there = sorted(n for n in os.listdir(folder) if n.endswith(".py")
+                       and not n.startswith("_")) if os.path.isdir(folder) else []
+        hint = f"; config files in {folder}: {', '.join(there)}" if there else ""
+        raise UserError(f"config file {path} not found (--config={spec}){hint}")
+    module_spec = importlib.util.spec_from_file_location("irmx_cli_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    try:
+        return module.get_config(*([arg] if colon else []))
+    except ValueError as e:
+        raise UserError(f"--config={spec}: {e}") from None
+
+
+def unknown_key(config, key: str) -> str | None:
+    """Why ``--config.<key>`` names no field of ``config`` (None when it does): the level where
+    the path leaves the config and the keys allowed there."""
+    node, path = config, "config"
+    for part in key.split("."):
+        if "[" in part or node is None:  # an indexed element or an unset section: ml_collections'
+            return None
+        if not isinstance(node, ml_collections.ConfigDict):
+            return (f"unknown config key config.{key}: {path} is a {type(node).__name__}, "
+                    "not a section with keys")
+        if part not in node:
+            keys = list(node.keys())
+            close = difflib.get_close_matches(part, keys, n=1)
+            guess = f" (did you mean {path}.{close[0]}?)" if close else ""
+            return (f"unknown config key config.{key}{guess}; keys allowed in {path}: "
+                    f"{', '.join(keys)}")
+        node, path = node[part], f"{path}.{part}"
+    return None
+
+
+def check_command_line(argv, default_config: str) -> None:
+    """``UserError`` for a missing config file, an unknown variant or an unknown override key."""
+    argv = FLAGS.read_flags_from_files(argv, force_gnu=False)
+    keys = override_keys(argv)
+    config = load_config(config_argument(argv, default_config))
+    for key in keys:
+        why = unknown_key(config, key)
+        if why:
+            raise UserError(why)
+
+
+def _exit_with(e: Exception):
+    """Print the one line that says what is wrong (not the config loader's traceback); exit 2."""
+    text = str(e).strip().replace("\\n", "\n")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    msg = lines[-1] if "Traceback" in text else " ".join(lines)
+    if isinstance(e, (AttributeError, KeyError)):
+        msg = "unknown config key " + msg.strip("'\"").replace("\\'", "'")
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
 
 
 def parse_flags(argv):
@@ -32,23 +154,17 @@ def parse_flags(argv):
         _exit_with(e)
 
 
-def _exit_with(e: Exception):
-    """Print the one line that says what is wrong (not the config loader's traceback); exit 2."""
-    text = str(e).strip().strip("'").replace("\\n", "\n")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    msg = lines[-1] if "Traceback" in text else " ".join(lines)
-    if isinstance(e, (AttributeError, KeyError)):
-        msg = "unknown config key " + msg.replace("\\'", "'")
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
-
-
 def run_main(run_fn, default_config: str) -> None:
-    """Define the flags, then ``app.run`` ``make_main(run_fn)`` with one-line flag errors.
+    """Check the command line, define the flags, then ``app.run`` ``make_main(run_fn)`` with
+    one-line flag errors.
 
     ml_collections applies ``--config.a.b=v`` overrides while the flag is defined, so a misspelt
-    key is caught here too.
+    key that ``check_command_line`` let through is caught here too.
     """
+    try:
+        check_command_line(sys.argv, default_config)
+    except UserError as e:
+        _exit_with(e)
     try:
         define_flags(default_config)
     except (flags.Error, AttributeError, KeyError, ValueError) as e:
@@ -68,23 +184,29 @@ def enable_compilation_cache() -> None:
 
 
 def make_main(run_fn):
-    """An absl main that validates flags, then calls ``run_fn(config, workdir, progress)``."""
+    """An absl main that validates flags, then calls ``run_fn(config, workdir, progress)``;
+    returns 2 after one ``error:`` line for anything the user can fix."""
 
     def main(argv):
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-        if not FLAGS["verbosity"].present:
-            logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-        enable_compilation_cache()
-        config = FLAGS.config
-        if FLAGS.print_config:
-            print(config)
-            return 0
-        if not FLAGS.workdir:
-            raise app.UsageError("--workdir is required (where the run's files go)")
         try:
-            run_fn(config, os.path.expanduser(FLAGS.workdir), progress=FLAGS.progress)
-        except (ConfigError, WorkdirError) as e:
+            if len(argv) > 1:
+                raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+            if not FLAGS["verbosity"].present:
+                logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+            enable_compilation_cache()
+            config = FLAGS.config
+            if FLAGS.print_config:
+                try:
+                    print(config, flush=True)
+                except BrokenPipeError:  # `--print_config | head`: the reader has seen enough
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                return 0
+            if not FLAGS.workdir:
+                raise UserError("--workdir is required (the folder for the run's files)")
+            workdir = os.path.expanduser(FLAGS.workdir)
+            wd.check_workdir(workdir)
+            run_fn(config, workdir, progress=FLAGS.progress)
+        except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
         return 0

@@ -8,24 +8,30 @@
     DIR/tb/            TensorBoard event files
     DIR/plots/*.png    the family's figures
 
-JSON files are written atomically (temp file + ``os.replace``). One process at a time holds a
-workdir (an ``fcntl`` lock on ``DIR/.lock``); a second is refused.
+JSON files are written atomically (temp file + ``os.replace``), readable as the process umask
+allows (a shared results folder stays shared); a killed run's leftover temp files are removed
+when the workdir is next opened. One process at a time holds a workdir (an ``fcntl`` lock on
+``DIR/.lock``); a second is refused.
 """
 
 import fcntl
 import json
 import math
 import os
-import tempfile
+import secrets
 import time
 
 import numpy as np
 
 import irmx
+from irmx.errors import UserError
+
+TEMP_PREFIX = ".tmp-"  # write_json_atomic's temp files: TEMP_PREFIX + random + .json / .jsonl
+STALE_TEMP_S = 60.0  # a temp file this old is a killed writer's leftover, not one in flight
 
 
-class WorkdirError(RuntimeError):
-    """A workdir cannot be used as asked (busy, or holding another config)."""
+class WorkdirError(UserError, RuntimeError):
+    """A workdir cannot be used as asked (busy, holding another config, not a writable folder)."""
 
 
 def to_json(obj):
@@ -45,14 +51,25 @@ def to_json(obj):
     return obj
 
 
-def write_json_atomic(path: str, obj) -> None:
-    """Write JSON to ``path`` via a temp file in the same folder and an atomic rename."""
+def write_atomic(path: str, write) -> None:
+    """``write(f)`` into a temp file next to ``path``, then an atomic rename onto ``path``.
+
+    The temp file is created with mode 0o666 less the process umask, like ``open(path, "w")``
+    (``tempfile.mkstemp`` would give 0600: unreadable to the other users of a shared folder).
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
+    suffix = ".jsonl" if path.endswith(".jsonl") else ".json"
+    while True:
+        tmp = os.path.join(folder, f"{TEMP_PREFIX}{secrets.token_hex(6)}{suffix}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(to_json(obj), f, indent=1, sort_keys=False)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -60,6 +77,56 @@ def write_json_atomic(path: str, obj) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: str, obj) -> None:
+    """Write JSON to ``path`` via a temp file in the same folder and an atomic rename."""
+    write_atomic(path, lambda f: json.dump(to_json(obj), f, indent=1, sort_keys=False))
+
+
+def remove_stale_temp_files(root: str, max_age_s: float = STALE_TEMP_S) -> list[str]:
+    """Delete the ``write_atomic`` temp files a killed run left under ``root`` (older than
+    ``max_age_s``: a temp file of a writer still running is seconds old). Returns their paths."""
+    removed, now = [], time.time()
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if name.startswith(TEMP_PREFIX) and name.endswith((".json", ".jsonl")):
+                path = os.path.join(folder, name)
+                try:
+                    if now - os.path.getmtime(path) > max_age_s:
+                        os.unlink(path)
+                        removed.append(path)
+                except FileNotFoundError:  # renamed or removed meanwhile
+                    pass
+    return removed
+
+
+def check_workdir(path: str) -> None:
+    """Raise ``WorkdirError`` unless ``path`` is a folder this process can write, or can be
+    created as one (checked without creating anything)."""
+    path = os.path.abspath(path)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise WorkdirError(f"workdir {path} exists and is not a folder; pick another --workdir")
+    parent = path
+    while not os.path.lexists(parent):  # the nearest existing folder holds the new ones
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise WorkdirError(f"workdir {path} cannot be created: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        where = "" if parent == path else f" (its folder {parent} is not writable)"
+        raise WorkdirError(f"workdir {path} is not writable by this user{where}; pick another "
+                           "--workdir or change its permissions")
+
+
+def _open_lock_file(path: str):
+    """Create the workdir ``path`` and open its ``.lock``; ``WorkdirError`` when it cannot."""
+    check_workdir(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+        return open(os.path.join(path, ".lock"), "w")
+    except OSError as e:
+        raise WorkdirError(f"workdir {path} cannot be used: {e.strerror or e} "
+                           f"({e.filename or path}); pick another --workdir") from None
 
 
 def read_json(path: str):
@@ -85,12 +152,14 @@ def config_differences(old: dict, new: dict) -> list[str]:
 
 
 class Workdir:
-    """An opened, locked workdir. ``state`` is "new", "resume" or "done"."""
+    """An opened, locked workdir. ``state`` is "new", "resume" or "done".
 
-    def __init__(self, path: str, config: dict):
+    A stored config that differs only in ``axis_keys`` (the learner axis) is accepted and
+    replaced: the runner then computes only the learners it has no results for."""
+
+    def __init__(self, path: str, config: dict, family: str = "", axis_keys=()):
         self.path = os.path.abspath(path)
-        os.makedirs(self.path, exist_ok=True)
-        self._lock = open(os.path.join(self.path, ".lock"), "w")
+        self._lock = _open_lock_file(self.path)
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -99,21 +168,33 @@ class Workdir:
                 f"workdir {self.path} is in use by another irmx process; wait for it or pick "
                 "another --workdir"
             ) from None
+        remove_stale_temp_files(self.path)  # safe now: no other irmx process writes here
         config = to_json(config)
         cfg_path = self.file("config.json")
+        record = {"irmx_version": irmx.__version__, "config": config}
+        self.axis_changed = False
+        if family:
+            record["family"] = family
         if os.path.exists(cfg_path):
             stored = read_json(cfg_path)
             diff = config_differences(stored.get("config", {}), config)
-            if diff:
+            # The learner axis may grow (or shrink): results are stored per learner_id.
+            fixed = [k for k in diff if k.split(".")[0] not in axis_keys]
+            if fixed:
                 self.close()
                 raise WorkdirError(
                     f"workdir {self.path} holds a run of a different config (differing keys: "
-                    f"{', '.join(diff)}); use a new --workdir or delete this one"
+                    f"{', '.join(fixed)}); use a new --workdir or delete this one"
                 )
             status = self.status()
-            self.state = "done" if status.get("state") in ("done", "diverged") else "resume"
+            self.axis_changed = bool(diff)
+            if diff:
+                write_json_atomic(cfg_path, record)
+                self.state = "resume"
+            else:
+                self.state = "done" if status.get("state") in ("done", "diverged") else "resume"
         else:
-            write_json_atomic(cfg_path, {"irmx_version": irmx.__version__, "config": config})
+            write_json_atomic(cfg_path, record)
             self.state = "new"
 
     def file(self, *names: str) -> str:
@@ -144,9 +225,9 @@ class Workdir:
 class MetricsWriter:
     """Appends one JSON object per line to ``metrics.jsonl`` (flushed and fsynced per call)."""
 
-    def __init__(self, path: str, resume_step: int = 0):
+    def __init__(self, path: str, resume_step: int = 0, cohort: str | None = None):
         self.path = path
-        truncate_metrics(path, resume_step)
+        truncate_metrics(path, resume_step, cohort)
         self._f = open(path, "a")
 
     def write(self, rows: list[dict]) -> None:
@@ -173,14 +254,11 @@ def read_metrics(path: str) -> list[dict]:
     return rows
 
 
-def truncate_metrics(path: str, max_step: int) -> None:
-    """Keep only rows with step <= max_step (the restored checkpoint), atomically."""
+def truncate_metrics(path: str, max_step: int, cohort: str | None = None) -> None:
+    """Keep only rows with step <= max_step (the restored checkpoint), atomically; with
+    ``cohort``, only that cohort's rows are dropped (other cohorts' rows are finished)."""
     if not os.path.exists(path):
         return
-    rows = [r for r in read_metrics(path) if r.get("step", 0) <= max_step]
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".jsonl")
-    with os.fdopen(fd, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
+    rows = [r for r in read_metrics(path)
+            if r.get("step", 0) <= max_step or (cohort is not None and r.get("cohort") != cohort)]
+    write_atomic(path, lambda f: f.writelines(json.dumps(r) + "\n" for r in rows))
