@@ -60,18 +60,14 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs.irm import regression  # noqa: E402
-from irmx.experiments import irm  # noqa: E402
-from irmx.irm import metrics as irm_metrics  # noqa: E402
+from irmx.configs.irm import regression
+from irmx.experiments import irm
+from irmx.irm import metrics as irm_metrics
 
 try:
     import torch

@@ -72,19 +72,15 @@ import os
 import platform
 import resource
 import statistics
-import sys
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from irmx import measures  # noqa: E402
-from irmx.conv_layout import canonical_convs  # noqa: E402
-from irmx.nets.classifiers import ResNet18K  # noqa: E402
+from irmx import measures
+from irmx.conv_layout import canonical_convs
+from irmx.nets.classifiers import ResNet18K
 
 METRIC = "jacobian_operator_norm"
 

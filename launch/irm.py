@@ -6,14 +6,9 @@
   python launch/irm.py --config=configs/irm/regression.py:adareg --print_config
 """
 
-import os
-import sys
+from irmx.experiments import cli, irm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from irmx.experiments import cli, irm  # noqa: E402
-
-DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "irm", "regression.py")
+DEFAULT_CONFIG = cli.config_file("irm/regression.py")
 
 
 def main():

@@ -4,14 +4,9 @@
       --config.checkpoint=1 --config.metric=jacobian_operator_norm --workdir=runs/digits-stats
 """
 
-import os
-import sys
+from irmx.experiments import cli, measures
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from irmx.experiments import cli, measures  # noqa: E402
-
-DEFAULT_CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "measures", "jacobian.py")
+DEFAULT_CONFIG = cli.config_file("measures/jacobian.py")
 
 
 def main():

@@ -5,16 +5,9 @@
       --workdir=runs/c10-r18 --config.data.label_noise=0.2 --config.seeds='(42,43,44,45)'
 """
 
-import os
-import sys
+from irmx.experiments import classify, cli
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from irmx.experiments import classify, cli  # noqa: E402
-
-DEFAULT_CONFIG = os.path.join(
-    os.path.dirname(__file__), "..", "configs", "measures", "noisy_classification.py"
-)
+DEFAULT_CONFIG = cli.config_file("measures/noisy_classification.py")
 
 
 def main():

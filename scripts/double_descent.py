@@ -16,15 +16,12 @@ Writes <workdir>/width-<w>/ (training), <workdir>/width-<w>-stats/ (measures),
 
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from configs.measures import jacobian, noisy_classification  # noqa: E402
-from irmx.experiments import classify, measures  # noqa: E402
-from irmx.io import plots  # noqa: E402
+from irmx.configs.measures import jacobian, noisy_classification
+from irmx.experiments import classify, measures
+from irmx.io import plots
 from irmx.io import workdir as wd
 
 

@@ -1,12 +1,6 @@
 """pytest options: slow tests (real-size runs, notebooks) run only with --runslow."""
 
-import os
-import sys
-
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)  # configs/ and launch/ import from the repository root
 
 
 def pytest_addoption(parser):

@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
-from configs.measures import jacobian as jacobian_configs
-from configs.measures import noisy_classification
 from irmx import classification, rng
 from irmx.config_checks import ConfigError
+from irmx.configs.measures import jacobian as jacobian_configs
+from irmx.configs.measures import noisy_classification
 from irmx.data import images as images_lib
 from irmx.experiments import classify, measures
 from irmx.io import checkpoints

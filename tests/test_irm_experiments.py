@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs.irm.regression import EXPERIMENTS, get_config
 from irmx.config_checks import ConfigError
+from irmx.configs.irm.regression import EXPERIMENTS, get_config
 from irmx.experiments import irm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.irm.regression import get_config
 from irmx import train
+from irmx.configs.irm.regression import get_config
 from irmx.data import sem as sem_lib
 from irmx.experiments import irm
 from irmx.irm import criteria

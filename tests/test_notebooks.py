@@ -67,7 +67,7 @@ def _run_checked(name: str):
 
 @pytest.mark.slow
 def test_irm_regression_notebook():
-    from configs.irm.regression import EXPERIMENTS
+    from irmx.configs.irm.regression import EXPERIMENTS
 
     code_cells, images = _run_checked("irm_regression.ipynb")
     tables = [c for c in code_cells if "study-table" in c.metadata.get("tags", [])]

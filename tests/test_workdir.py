@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from configs.irm import regression
+from irmx.configs.irm import regression
 from irmx.experiments import irm
 from irmx.io import workdir as wd
 
