@@ -16,6 +16,7 @@ from irmx.measures.jacobian import (
     spectral_norm_dense,
 )
 from irmx.measures.metrics import (
+    JACOBIAN_METRICS,
     METRICS,
     accuracy,
     batch_mean,
@@ -27,8 +28,8 @@ from irmx.measures.metrics import (
 )
 
 __all__ = [
-    "METRICS", "MODES", "NORMALIZATIONS", "SEED_POWER", "accuracy", "batch_mean",
-    "compute_metric", "confidence", "crossentropy", "default_mode", "exact_jacobian",
+    "JACOBIAN_METRICS", "METRICS", "MODES", "NORMALIZATIONS", "SEED_POWER", "accuracy",
+    "batch_mean", "compute_metric", "confidence", "crossentropy", "default_mode", "exact_jacobian",
     "frobenius_exact", "hutchinson_sq_frobenius", "hutchinson_variance", "make_metric_fn",
     "make_output_fn", "normalize_output", "operator_norm_exact", "power_iteration",
     "spectral_norm_dense",

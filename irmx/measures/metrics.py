@@ -21,7 +21,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from irmx import rng
+from irmx import registry, rng
 from irmx.config_checks import fail
 from irmx.measures import jacobian as jac
 
@@ -81,8 +81,9 @@ def default_mode(name: str, num_outputs: int | None = None) -> str:
 
 def _check(name, normalization, mode, target_logit_only, tol, atol, max_iters, num_probes,
            probe_space):
-    if name not in METRICS:
-        fail("metric", name, "one of " + ", ".join(METRICS))
+    registered = registry.names("metric")
+    if name not in registered:
+        fail("metric", name, "one of " + ", ".join(registered))
     if normalization not in jac.NORMALIZATIONS:
         fail("normalization", normalization, "one of " + ", ".join(jac.NORMALIZATIONS))
     if mode not in jac.MODES:
@@ -105,6 +106,86 @@ def _check(name, normalization, mode, target_logit_only, tol, atol, max_iters, n
         fail("probe_space", probe_space, "one of " + ", ".join(jac.PROBE_SPACES))
 
 
+def _require_labels(name, normalization, target_logit_only, y):
+    if y is None:
+        raise ValueError(
+            f"metric {name!r} (normalization={normalization!r}, "
+            f"target_logit_only={target_logit_only}) needs integer labels y of shape (B,)"
+        )
+
+
+def _result(values, converged=None, iterations=None) -> dict:
+    return dict(values=values, converged=converged, iterations=iterations)
+
+
+def _pointwise(name: str, per_sample: Callable) -> Callable:
+    """A registered metric builder of ``per_sample(logits_BxK, y_B) -> (B,)``."""
+
+    def build(apply_fn, **options):
+        def fn(params, x, y=None, key=None):
+            _require_labels(name, options["normalization"], options["target_logit_only"], y)
+            return _result(per_sample(apply_fn(params, x), y))
+
+        return fn
+
+    return build
+
+
+def _jacobian_output_fn(name, apply_fn, params, y, normalization, target_logit_only):
+    """The (normalized) output whose input Jacobian is measured; labels when it needs them."""
+    needs_y = target_logit_only or normalization == "crossentropy"
+    if needs_y:
+        _require_labels(name, normalization, target_logit_only, y)
+    return jac.make_output_fn(apply_fn, params, y if needs_y else None,
+                              normalization=normalization, target_logit_only=target_logit_only)
+
+
+@registry.register("metric", "jacobian")
+def _frobenius_metric(apply_fn, *, normalization, mode, target_logit_only, num_probes,
+                      probe_space, **unused):
+    """||J(x)||_F: exact (per_output / bigmem) or Hutchinson's estimate (matrix_free)."""
+    mode = default_mode("jacobian") if mode is None else mode
+
+    def fn(params, x, y=None, key=None):
+        out_fn = _jacobian_output_fn("jacobian", apply_fn, params, y, normalization,
+                                     target_logit_only)
+        if mode == "matrix_free":
+            key = rng.stream(0, "mc_sample") if key is None else key
+            sq = jac.hutchinson_sq_frobenius(out_fn, x, key, num_probes=num_probes,
+                                             probe_space=probe_space)
+            return _result(jnp.sqrt(sq))
+        return _result(jac.frobenius_exact(out_fn, x, mode))
+
+    return fn
+
+
+@registry.register("metric", "jacobian_operator_norm")
+def _operator_norm_metric(apply_fn, *, normalization, mode, target_logit_only, tol, atol,
+                          max_iters, **unused):
+    """sigma_max(J(x)): exact (per_output / bigmem) or power iteration (matrix_free); mode
+    None = ``default_mode`` of the number of outputs, resolved when traced."""
+
+    def fn(params, x, y=None, key=None):
+        out_fn = _jacobian_output_fn("jacobian_operator_norm", apply_fn, params, y,
+                                     normalization, target_logit_only)
+        mode_ = mode
+        if mode_ is None:
+            mode_ = default_mode("jacobian_operator_norm", jac._num_outputs(out_fn, x))
+        if mode_ == "matrix_free":
+            key = rng.stream(0, "mc_sample") if key is None else key
+            sigma, converged, iters = jac.power_iteration(out_fn, x, key, tol=tol, atol=atol,
+                                                          max_iters=max_iters)
+            return _result(sigma, converged, iters)
+        return _result(jac.operator_norm_exact(out_fn, x, mode_))
+
+    return fn
+
+
+for _name, _fn in (("accuracy", accuracy), ("crossentropy", crossentropy),
+                   ("confidence", confidence)):
+    registry.register("metric", _name, _pointwise(_name, _fn))
+
+
 def make_metric_fn(name: str, apply_fn: Callable, *, normalization: str = "none",
                    mode: str | None = None, target_logit_only: bool = False,
                    tol: float = DEFAULT_TOL, atol: float = 0.0,
@@ -112,8 +193,9 @@ def make_metric_fn(name: str, apply_fn: Callable, *, normalization: str = "none"
                    probe_space: str = "output") -> Callable:
     """Validate a metric's static configuration and return ``fn(params, x, y=None, key=None)``.
 
-    name: one of METRICS. ``jacobian`` = ||J(x)||_F, ``jacobian_operator_norm`` =
-      sigma_max(J(x)) of the (normalized) output's input Jacobian (see ``irmx.measures.jacobian``).
+    name: a registered metric (``irmx.registry.names("metric")``; the built-ins are METRICS).
+      ``jacobian`` = ||J(x)||_F, ``jacobian_operator_norm`` = sigma_max(J(x)) of the
+      (normalized) output's input Jacobian (see ``irmx.measures.jacobian``).
     normalization: none | softmax | logsoftmax | crossentropy (Jacobian metrics only; like the
       seed, the other metrics ignore it). None means "none".
     mode: per_output | bigmem | matrix_free; None = ``default_mode(name, K)`` with K the
@@ -129,45 +211,12 @@ def make_metric_fn(name: str, apply_fn: Callable, *, normalization: str = "none"
     converged / iterations are arrays only for the power iteration.
     """
     normalization = "none" if normalization is None else normalization
-    auto = mode is None and name == "jacobian_operator_norm"  # resolved from K when traced
-    mode = default_mode(name) if mode is None and name in METRICS else mode
-    _check(name, normalization, mode, target_logit_only, tol, atol, max_iters, num_probes,
-           probe_space)
-    needs_y = name not in JACOBIAN_METRICS or target_logit_only or normalization == "crossentropy"
-
-    def fn(params, x, y=None, key=None):
-        if needs_y and y is None:
-            raise ValueError(
-                f"metric {name!r} (normalization={normalization!r}, "
-                f"target_logit_only={target_logit_only}) needs integer labels y of shape (B,)"
-            )
-        if name not in JACOBIAN_METRICS:
-            logits = apply_fn(params, x)
-            value = {"accuracy": accuracy, "crossentropy": crossentropy,
-                     "confidence": confidence}[name](logits, y)
-            return dict(values=value, converged=None, iterations=None)
-        out_fn = jac.make_output_fn(apply_fn, params, y if needs_y else None,
-                                    normalization=normalization,
-                                    target_logit_only=target_logit_only)
-        mode_ = mode
-        if auto:
-            mode_ = default_mode(name, jac._num_outputs(out_fn, x))
-        if mode_ == "matrix_free":
-            key = rng.stream(0, "mc_sample") if key is None else key
-            if name == "jacobian":
-                sq = jac.hutchinson_sq_frobenius(out_fn, x, key, num_probes=num_probes,
-                                                 probe_space=probe_space)
-                return dict(values=jnp.sqrt(sq), converged=None, iterations=None)
-            sigma, converged, iters = jac.power_iteration(out_fn, x, key, tol=tol, atol=atol,
-                                                          max_iters=max_iters)
-            return dict(values=sigma, converged=converged, iterations=iters)
-        if name == "jacobian":
-            return dict(values=jac.frobenius_exact(out_fn, x, mode_), converged=None,
-                        iterations=None)
-        return dict(values=jac.operator_norm_exact(out_fn, x, mode_), converged=None,
-                    iterations=None)
-
-    return fn
+    _check(name, normalization, default_mode(name) if mode is None else mode,
+           target_logit_only, tol, atol, max_iters, num_probes, probe_space)
+    build = registry.lookup("metric", name)
+    return build(apply_fn, normalization=normalization, mode=mode,
+                 target_logit_only=target_logit_only, tol=tol, atol=atol, max_iters=max_iters,
+                 num_probes=num_probes, probe_space=probe_space)
 
 
 def compute_metric(name: str, apply_fn: Callable, params, x, y=None, *, key=None, **options):
