@@ -34,7 +34,7 @@ def warmup_schedule(lr, warmup_initial: float, warmup_epochs: int, steps_per_epo
 
 
 def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.0,
-                   weight_decay: float = 0.0, decoupled_weight_decay: bool = False,
+                   weight_decay: float | None = None, decoupled_weight_decay: bool = False,
                    warmup_epochs: int = 0, warmup_initial: float = 0.0,
                    steps_per_epoch: int = 1, combiner: Callable | None = None,
                    combiner_hparams: Mapping[str, float] | None = None
@@ -42,32 +42,36 @@ def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.0,
     """``inject_hyperparams`` chain: [combiner(**combiner_hparams)], [coupled decay],
     sgd(momentum) | adam, [decoupled decay], learning rate (with warm-up).
 
-    Injected hyperparameters: ``learning_rate``, ``weight_decay``, ``momentum`` (sgd with
-    momentum > 0) and the combiner's names. ``momentum=0`` builds plain sgd (no trace state).
+    Injected hyperparameters: ``learning_rate``, ``weight_decay`` (unless None: no decay
+    transform at all; 0.0 keeps it, so a vmapped weight decay can start from 0), ``momentum``
+    (sgd with momentum > 0) and the combiner's names. ``momentum=0`` builds plain sgd.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer {name!r} unknown; allowed: {', '.join(OPTIMIZERS)}")
     combiner_hparams = dict(combiner_hparams or {})
     use_momentum = name == "sgd" and momentum > 0
 
-    def factory(learning_rate, weight_decay, momentum=None, **hp):
+    decay = weight_decay is not None
+
+    def factory(learning_rate, weight_decay=None, momentum=None, **hp):
         lr = warmup_schedule(learning_rate, warmup_initial, warmup_epochs, steps_per_epoch)
         parts = [combiner(**hp)] if combiner is not None else []
-        if not decoupled_weight_decay:
+        if decay and not decoupled_weight_decay:
             parts.append(optax.add_decayed_weights(weight_decay))
         if name == "adam":
             parts.append(optax.scale_by_adam())
         elif use_momentum:
             parts.append(optax.trace(decay=momentum))
-        if decoupled_weight_decay:
+        if decay and decoupled_weight_decay:
             parts.append(optax.add_decayed_weights(weight_decay))
         parts.append(optax.scale_by_learning_rate(lr))
         return optax.chain(*parts)
 
     # inject_hyperparams binds hyperparameters by the factory's signature: spell them out.
     names = ["learning_rate", "weight_decay", "momentum", *combiner_hparams]
+    extra = {"weight_decay": weight_decay} if decay else {}
     factory.__signature__ = inspect.Signature(
         [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in names])
-    extra = {"momentum": momentum} if use_momentum else {}
-    return optax.inject_hyperparams(factory)(
-        learning_rate=learning_rate, weight_decay=weight_decay, **extra, **combiner_hparams)
+    extra.update({"momentum": momentum} if use_momentum else {})
+    return optax.inject_hyperparams(factory)(learning_rate=learning_rate, **extra,
+                                             **combiner_hparams)

@@ -24,10 +24,10 @@ def test_batch_stats_follow_flax_and_params_follow_sgd():
     variables = model.init(jax.random.key(1), x)
     params = {"params": variables["params"]}
     stats = {"batch_stats": variables["batch_stats"]}
-    opt = optax.inject_hyperparams(lambda learning_rate: optax.chain(
-        train.sum_terms(), optax.sgd(learning_rate)))(learning_rate=0.1)
+    opt = optax.sgd(0.1)
     state = train.init_state(params, opt, jax.random.key(2), model_state=stats)
-    step = jax.jit(train.make_train_step(classification.make_loss_terms(model.apply), opt))
+    update = train.make_update(classification.make_loss(model.apply), opt)
+    step = jax.jit(train.make_step(update))
     new_state, metrics = step(state, (x, y))
     assert "model_state" not in metrics
 

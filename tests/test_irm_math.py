@@ -106,7 +106,8 @@ def big_envs():
 
     def get(setting):
         if setting not in cache:
-            sem = sem_lib.make_chain_sem(jax.random.key(0), DIM, setting)
+            with jax.threefry_partitionable(True):  # the SEM this fixture was written for
+                sem = sem_lib.make_chain_sem(jax.random.key(0), DIM, setting)
             xs, ys = zip(*(_sample(sem, noise[e], np.float32(s)) for e, s in enumerate(SIGMAS)),
                           strict=True)
             cache[setting] = (sem, f64(jnp.stack(xs)), f64(jnp.stack(ys)))

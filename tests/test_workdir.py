@@ -1,5 +1,6 @@
 """The workdir contract: files, atomic JSON, resume after interruption, refusals."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -97,13 +98,14 @@ def test_exception_mid_run_marks_failed_then_resumes_identically(tmp_path, monke
                 raise KeyboardInterrupt
             return real_chunk(state, data)
 
-        program.chunk = chunk
-        return program
+        return dataclasses.replace(program, chunk=chunk)
 
     monkeypatch.setattr(irm, "build_program", crashing_build)
     with pytest.raises(KeyboardInterrupt):
         irm.run(c, d, progress=False)
-    assert wd.read_json(os.path.join(d, "status.json"))["state"] == "failed"
+    status = wd.read_json(os.path.join(d, "status.json"))
+    assert status["state"] == "interrupted" and status["step"] == 100
+    assert "re-run the same command to resume" in status["message"]
     monkeypatch.setattr(irm, "build_program", real_build)
     resumed = irm.run(c, d, progress=False)
     assert resumed["learners"] == full["learners"]
@@ -115,19 +117,20 @@ def test_exception_mid_run_marks_failed_then_resumes_identically(tmp_path, monke
 def test_killed_process_resumes_to_the_same_numbers(tmp_path):
     """SIGKILL a CLI run after its first checkpoint; the same command finishes identically."""
     args = ["--config=configs/irm/regression.py:irmv1,smoke", "--config.num_seeds=3",
-            "--config.num_steps=600", "--config.chunk_steps=50", "--config.checkpoint_every=100",
+            "--config.num_steps=3000", "--config.chunk_steps=50", "--config.checkpoint_every=100",
             "--progress=false"]
     cmd = [sys.executable, "launch/irm.py", *args]
     full_dir, kill_dir = str(tmp_path / "full"), str(tmp_path / "killed")
     subprocess.run(cmd + [f"--workdir={full_dir}"], cwd=ROOT, check=True, capture_output=True)
     proc = subprocess.Popen(cmd + [f"--workdir={kill_dir}"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = os.path.join(kill_dir, "ckpt")
+    status_path = os.path.join(kill_dir, "status.json")
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if os.path.isdir(ckpt) and any(n.isdigit() for n in os.listdir(ckpt)):
+        # status.json's step is current at every chunk: kill right after the first checkpoint
+        if os.path.exists(status_path) and wd.read_json(status_path).get("step", 0) >= 100:
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     killed_mid_run = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -72,6 +72,7 @@ def _base():
     c.vmapped.penalty_weight = ()
     c.vmapped.alpha = ()
     c.vmapped.beta = ()
+    c.learners_per_group = 0  # vmap groups of this many learners, lax.map across (0: all)
     c.select_by = ""  # per seed, pick the grid point with the lowest of this metric
     return c
 

@@ -58,6 +58,9 @@ def get_config(arg=None):
     c.vmapped = ml_collections.ConfigDict()
     c.vmapped.lr = ()
     c.vmapped.weight_decay = ()
+    c.vmapped.momentum = ()  # sgd momentum values (with optim.momentum > 0)
+    c.vmapped.label_noise = ()  # label-noise fractions, one data set per value and seed
+    c.learners_per_group = 0  # vmap groups of this many learners, lax.map across (0: all)
 
     for part in a.variants:
         if part == "digits":

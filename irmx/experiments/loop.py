@@ -251,11 +251,11 @@ def run_program(program: Program, config_dict: dict, workdir: str, progress: boo
                       f"{w.file('metrics.jsonl')}")
             return summary
         except KeyboardInterrupt:
-            w.set_status("interrupted", step,
+            w.set_status("interrupted", w.status().get("step", step),
                          message="interrupted; re-run the same command to resume")
             raise
         except BaseException as e:
-            w.set_status("failed", step, error=f"{type(e).__name__}: {e}")
+            w.set_status("failed", w.status().get("step", step), error=f"{type(e).__name__}: {e}")
             raise
 
 
