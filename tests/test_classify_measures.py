@@ -15,6 +15,8 @@ program (identical HLO), so the module turns on JAX's persistent compilation cac
 import contextlib
 import glob
 import os
+import re
+import shutil
 import subprocess
 import sys
 import types
@@ -26,15 +28,16 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
 from irmx import classification, rng
+from irmx import optim as optim_lib
 from irmx.config_checks import ConfigError
 from irmx.configs.measures import jacobian as jacobian_configs
 from irmx.configs.measures import noisy_classification
 from irmx.data import images as images_lib
 from irmx.experiments import classify, measures
-from irmx.io import checkpoints
+from irmx.io import runs
 from irmx.io import workdir as wd
 from irmx.nets.classifiers import make_classifier
-from irmx.train import init_state, make_train_step
+from irmx.train import init_state, make_step, make_update
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEEDS = (42, 43)
@@ -111,9 +114,9 @@ def trained(tmp_path_factory, jax_cache):
     program = classify.build_program(config)
     state, data = program.init()
     steps = classify.checkpoint_steps(config)
-    manager = checkpoints.make_manager(os.path.join(workdir, "ckpt"), keep_steps=steps)
-    ckpt_states = [checkpoints.restore(manager, s, state) for s in steps]
-    manager.close()
+    run = runs.load(workdir)
+    ckpt_states = [types.SimpleNamespace(**run.restore(s, items=("step", "params")))
+                   for s in steps]
 
     def one(params, x):
         return jax.jacfwd(lambda z: program.model.apply(params, z[None])[0])(x).reshape(10, -1)
@@ -141,15 +144,17 @@ def dense_norms(trained, params, x):
 
 def batch_files(workdir, metric="jacobian_operator_norm", normalization="none", split="train"):
     """{(seed, ckpt, batch): record} of every per-batch JSON under ``workdir``, parsed from the
-    seed's layout <name>/<model>/<data>/<setting>/seed-<seed>/<out_name>-<batch>.json."""
+    seed's layout <name>/<model>/<data>/<setting>/seed-<seed>/<out_name>-<batch>.json
+    (out_name = <metric>_<normalization>_<split>_ckpt-<i>_<settings digest>)."""
     pattern = os.path.join(workdir, "stats", "mlp_32", "digits", SETTING, "seed-*", "*.json")
     out = {}
     for path in glob.glob(pattern):
         seed = int(os.path.basename(os.path.dirname(path)).removeprefix("seed-"))
         stem = os.path.basename(path)[: -len(".json")]
-        prefix = f"{metric}_{normalization}_{split}_ckpt-"
-        assert stem.startswith(prefix), path
-        ckpt, batch = (int(s) for s in stem[len(prefix):].split("-"))
+        match = re.fullmatch(rf"{metric}_{normalization}_{split}_ckpt-(\d+)_[0-9a-f]{{10}}-(\d+)",
+                             stem)
+        assert match, path
+        ckpt, batch = (int(s) for s in match.groups())
         out[(seed, ckpt, batch)] = wd.read_json(path)
     return out
 
@@ -208,7 +213,8 @@ def test_training_workdir_summary_and_status(trained):
 
 def test_numbered_checkpoints_are_kept_and_zero_is_the_initialisation(trained):
     assert trained.steps == classify.checkpoint_steps(trained.config) == (0, 8, 16)
-    saved = sorted(int(n) for n in os.listdir(os.path.join(trained.workdir, "ckpt")) if n.isdigit())
+    (cohort,) = runs.load(trained.workdir).cohorts()  # one cohort: both seeds trained together
+    saved = sorted(int(n) for n in os.listdir(cohort.directory) if n.isdigit())
     # Resume checkpoints were written at steps 4, 8, 12, 16; orbax keeps the 2 latest (12, 16)
     # and, for good, the numbered ones: step 4 is gone, step 0 (never "latest") survives.
     assert saved == [0, 8, 12, 16]
@@ -269,12 +275,12 @@ def test_data_is_deterministic_and_data_seed_shares_it(trained):
 
 def test_warmup_schedule_is_linear_per_epoch():
     lr, initial, warmup, spe = 0.1, 0.001, 4, 3
-    schedule = jax.jit(classification.warmup_schedule(lr, initial, warmup, spe))
+    schedule = jax.jit(optim_lib.warmup_schedule(lr, initial, warmup, spe))
     for count in range(20):
         epoch = count // spe
         expected = initial + (lr - initial) * min(epoch / warmup, 1.0)
         np.testing.assert_allclose(float(schedule(jnp.int32(count))), expected, rtol=1e-6)
-    assert classification.warmup_schedule(lr, initial, 0, spe)(jnp.int32(5)) == lr
+    assert optim_lib.warmup_schedule(lr, initial, 0, spe)(jnp.int32(5)) == lr
 
 
 def test_sgd_with_warmup_and_coupled_weight_decay_matches_hand_written_update():
@@ -283,13 +289,18 @@ def test_sgd_with_warmup_and_coupled_weight_decay_matches_hand_written_update():
     optim = train_config().optim
     optim.momentum, optim.warmup_epochs, optim.warmup_initial = 0.9, 2, 0.02
     spe = 1  # one step per epoch: the learning rate changes every step
-    optimizer = classification.make_optimizer(optim, spe)
+    optimizer = optim_lib.make_optimizer(
+        optim.name, optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay,
+        warmup_epochs=optim.warmup_epochs, warmup_initial=optim.warmup_initial,
+        steps_per_epoch=spe)
+    names = ("learning_rate", "weight_decay")  # per-learner values the update map injects
     model = make_classifier("mlp_5", 10)
     gen = np.random.default_rng(3)
     x = jnp.asarray(gen.uniform(size=(16, 8, 8, 1)), jnp.float32)
     y = jnp.asarray(gen.integers(0, 10, 16), jnp.int32)
     params = jax.jit(model.init)(jax.random.key(3), x[:1])
-    step = jax.jit(make_train_step(classification.make_loss_terms(model.apply), optimizer))
+    step = jax.jit(make_step(make_update(classification.make_loss(model.apply), optimizer,
+                                         hyperparams=names)))
 
     def ce(p):  # written out here, not irmx's loss
         logits = model.apply(p, x)
@@ -298,7 +309,7 @@ def test_sgd_with_warmup_and_coupled_weight_decay_matches_hand_written_update():
     grad = jax.jit(jax.grad(ce))
     for lr, wd_ in ((0.2, 0.01), (0.4, 0.0)):  # the second as a learner's injected values
         state = init_state(params, optimizer, jax.random.key(0),
-                           {"learning_rate": lr, "weight_decay": wd_})
+                           {"learning_rate": lr, "weight_decay": wd_}, hyperparams=names)
         p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
         buf = None
         for t in range(4):
@@ -349,12 +360,13 @@ def test_measures_writes_per_batch_json_in_the_seed_layout(trained, measured):
     files = measured.files
     assert set(files) == {(s, 1, b) for s in SEEDS for b in (0, 1)}
     for (seed, ckpt, b), rec in files.items():
-        name = f"jacobian_operator_norm_none_train_ckpt-1-{b}.json"
-        expected = os.path.join(measured.workdir, "stats", "mlp_32", "digits", SETTING,
-                                f"seed-{seed}", name)
-        assert os.path.exists(expected)
-        assert measures.batch_path(measured.workdir, measured.config, trained.config, seed, ckpt,
-                                   b) == expected
+        path = measures.batch_path(measured.workdir, measured.config, trained.config, seed, ckpt,
+                                   b)
+        folder = os.path.join(measured.workdir, "stats", "mlp_32", "digits", SETTING,
+                              f"seed-{seed}")
+        assert os.path.dirname(path) == folder and os.path.exists(path)
+        assert re.fullmatch(rf"jacobian_operator_norm_none_train_ckpt-1_[0-9a-f]{{10}}-{b}\.json",
+                            os.path.basename(path))
         assert rec["seed"] == seed and rec["checkpoint"] == 1 and rec["batch_id"] == b
         assert rec["mode"] == "matrix_free" and all(rec["converged"])
         assert len(rec["values"]) == len(rec["indices"]) == len(rec["corrupted"]) == 20
@@ -567,6 +579,102 @@ def test_bad_measures_values_fail_before_compiling(trained, overrides, key, valu
     assert not workdir.exists()
 
 
+def _irm_workdir(tmp_path):
+    """A workdir as the IRM runner leaves it (its config.json is all a measures run reads)."""
+    from irmx.configs.irm import regression
+
+    source = tmp_path / "irm-run"
+    source.mkdir()
+    wd.write_json_atomic(str(source / "config.json"), {
+        "irmx_version": "0", "config": regression.get_config("irmv1,smoke").to_dict()})
+    return str(source)
+
+
+@pytest.mark.parametrize("kind", ["irm", "measures"])
+def test_a_source_that_is_not_a_classifier_run_fails_in_one_line(kind, measured, tmp_path):
+    source = _irm_workdir(tmp_path) if kind == "irm" else measured.workdir
+    workdir = tmp_path / "stats"
+    with jax_compilations() as events, pytest.raises(ConfigError) as err:
+        measures.run(measures_config(source), str(workdir), progress=False)
+    message = str(err.value)
+    assert message.startswith(f"config.source={source!r} is invalid"), message
+    assert f"holds an {kind!r} run, not a classifier training run" in message
+    assert "\n" not in message
+    assert not events and not workdir.exists()
+
+
+def test_a_missing_source_checkpoint_fails_before_compiling(trained, tmp_path):
+    source = tmp_path / "partial"
+    shutil.copytree(trained.workdir, source)
+    (cohort,) = runs.load(str(source)).cohorts()
+    shutil.rmtree(os.path.join(cohort.directory, "8"))  # checkpoint 1 (epoch 2 = step 8) is gone
+    workdir = tmp_path / "stats"
+    with jax_compilations() as events, pytest.raises(ConfigError) as err:
+        measures.run(measures_config(str(source)), str(workdir), progress=False)
+    message = str(err.value)
+    assert message.startswith("config.checkpoint=1 is invalid"), message
+    assert "missing: [1], at steps [8]; saved steps: 0, 12, 16" in message
+    assert not events, f"traced/compiled before failing: {events}"
+    assert not workdir.exists()
+
+
+def test_every_setting_that_changes_a_number_has_its_own_file(trained):
+    """The per-batch file's identity: a change of any setting that changes a value (or which
+    points a batch holds) gives another file name; what changes no number keeps it."""
+    base = measures_config(trained.workdir, mode="")
+    path = lambda m=base, t=trained.config, coords=None: measures.batch_path(
+        "/w", m, t, 42, 1, 0, coords)
+
+    def changed(**overrides):
+        m = measures_config(trained.workdir, mode="")
+        m.update_from_flattened_dict(overrides)
+        return path(m)
+
+    for overrides in ({"target_logit_only": True}, {"mode": "per_output"},
+                      {"mode": "matrix_free"}, {"mc_sample_seed": 1}, {"tol": 1e-3},
+                      {"atol": 1e-2}, {"max_iters": 10}, {"batch_size": 10},
+                      {"normalization": "softmax"}, {"dataset_split": "val"}):
+        assert changed(**overrides) != path(), overrides
+    for overrides in ({"skip": 20}, {"num_samples": 20}):  # which batches, not their numbers
+        assert changed(**overrides) == path(), overrides
+    frobenius = measures_config(trained.workdir, metric="jacobian", mode="matrix_free")
+    more_probes = measures_config(trained.workdir, metric="jacobian", mode="matrix_free",
+                                  num_probes=3)
+    assert path(frobenius) != path(more_probes)
+    exact = measures_config(trained.workdir, metric="jacobian", mode="per_output")
+    assert path(exact) == path(measures_config(trained.workdir, metric="jacobian", mode="",
+                                               num_probes=3))  # exact: probes unused
+    # the source run's training settings and the learner's vmapped coordinates count too
+    assert path(t=train_config(**{"optim.lr": 0.1})) != path()
+    assert path(t=train_config(eval_every=1, checkpoint_every=2)) == path()
+    assert path(coords={"seed": 42, "lr": 0.1}) != path(coords={"seed": 42, "lr": 0.2})
+    assert path(coords={"seed": 42}) == path()
+
+
+@pytest.mark.parametrize("overrides", [
+    {"target_logit_only": True},
+    {"mc_sample_seed": 1},
+    {"mode": "matrix_free", "tol": 0.0, "atol": 0.5, "max_iters": 2},
+])
+def test_runs_sharing_an_output_dir_keep_their_own_numbers(trained, overrides, tmp_path):
+    """Two measures runs that differ in one setting, writing to one output_dir: the second
+    computes its own numbers (those of the same run alone) instead of reusing the first's."""
+    shared, alone = str(tmp_path / "shared"), str(tmp_path / "alone")
+    base = dict(num_samples=20, mode="per_output", output_dir=shared)
+    first = measures.run(measures_config(trained.workdir, **base), str(tmp_path / "w0"),
+                         progress=False)
+    second = measures.run(measures_config(trained.workdir, **{**base, **overrides}),
+                          str(tmp_path / "w1"), progress=False)
+    reference = measures.run(
+        measures_config(trained.workdir, **{**base, **overrides, "output_dir": alone}),
+        str(tmp_path / "w2"), progress=False)
+    metric = "jacobian_operator_norm"
+    assert [r[metric] for r in second["learners"]] == [r[metric] for r in reference["learners"]]
+    assert [r[metric] for r in second["learners"]] != [r[metric] for r in first["learners"]]
+    files = glob.glob(os.path.join(shared, "**", "*.json"), recursive=True)
+    assert len(files) == 2 * len(SEEDS)  # both runs' files, side by side
+
+
 def test_missing_tfds_data_set_says_how_to_build_it(tmp_path, monkeypatch):
     import tensorflow_datasets as tfds
 
@@ -605,10 +713,12 @@ def test_cli_train_then_measures(trained, measured, jax_cache, tmp_path):
               f"--workdir={train_dir}"], jax_cache)
     assert r.returncode == 0, r.stderr
     assert wd.read_json(str(train_dir / "status.json"))["state"] == "done"
-    assert sorted(os.listdir(train_dir / "ckpt")) == ["0", "16", "8"]
-    # The same config in another process: the same numbers (checkpoint_every changes none).
-    assert wd.read_json(str(train_dir / "summary.json"))["learners"] == wd.to_json(
-        trained.summary["learners"])
+    assert runs.load(str(train_dir)).checkpoint_steps() == (0, 8, 16)
+    # The same config in another process: the same numbers (checkpoint_every changes none;
+    # it is part of the learner ids' config hash).
+    no_id = lambda rows: [{k: v for k, v in r.items() if k != "learner_id"} for r in rows]
+    assert no_id(wd.read_json(str(train_dir / "summary.json"))["learners"]) == no_id(
+        wd.to_json(trained.summary["learners"]))
     r = _cli(["launch/measures.py", "--config=configs/measures/jacobian.py:smoke",
               f"--config.source={train_dir}", "--config.mode=matrix_free",
               f"--workdir={stats_dir}"], jax_cache)

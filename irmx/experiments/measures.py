@@ -1,37 +1,52 @@
 """Measures driver: data-driven statistics of a training run's numbered checkpoints.
 
-Reads ``config.source`` (a ``launch/train.py`` workdir), restores checkpoint(s) of every seed,
-and evaluates one metric (``irmx.measures``) on a fixed random sample of points, batch by batch,
-all learners (and checkpoints) in one vmapped program. Each batch is written as JSON in the
-seed's layout; a re-run skips the batches already written.
+Reads ``config.source`` (a ``launch/train.py`` workdir, through ``irmx.io.runs``), restores
+checkpoint(s) of every learner, and evaluates one metric (``irmx.measures``) on a fixed random
+sample of points, batch by batch, all learners (and checkpoints) in one vmapped program. Each
+batch is written as JSON in the seed's layout, its file name carrying a digest of every setting
+that changes its numbers; a re-run (or another run sharing ``output_dir``) skips the batches
+already written with the same settings.
 """
 
+import hashlib
+import json
 import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from irmx import config_checks as cc
-from irmx import measures, rng
+from irmx import measures, registry, rng
 from irmx.data import images as images_lib
 from irmx.experiments import classify
-from irmx.io import checkpoints
+from irmx.io import runs
 from irmx.io import workdir as wd
 
 SPLITS = ("train", "val", "test")
 
 
-def source_config(config) -> ml_collections.ConfigDict:
-    path = os.path.join(os.path.expanduser(config.source), "config.json")
-    if not config.source or not os.path.exists(path):
-        cc.fail("source", config.source, "a finished launch/train.py workdir (with config.json)")
-    return ml_collections.ConfigDict(wd.read_json(path)["config"])
+SOURCE_KIND = "a classifier training run (a launch/train.py workdir)"
+
+
+def load_source(config) -> runs.Run:
+    """The training run ``config.source`` (nothing built yet); one line naming ``source`` when
+    it is not a classifier training run."""
+    if not config.source:
+        cc.fail("source", config.source, SOURCE_KIND)
+    try:
+        path, _, family = runs.read_config(config.source)
+        if family != "classify":
+            what = f"an {family!r} run" if family else "a run of no known family"
+            cc.fail("source", config.source,
+                    f"{SOURCE_KIND}; {path} holds {what}, not a classifier training run")
+        return runs.load(config.source)
+    except runs.RunError as e:
+        cc.fail("source", config.source, f"{SOURCE_KIND}; {e}")
 
 
 def validate(config, train_config=None) -> None:
-    cc.choice(config, "metric", measures.METRICS)
+    cc.choice(config, "metric", registry.names("metric"))
     cc.choice(config, "normalization", measures.NORMALIZATIONS)
     if config.mode:
         cc.choice(config, "mode", measures.MODES)
@@ -71,13 +86,50 @@ def setting_name(train_config) -> str:
     return f"{aug}_noise-{train_config.data.label_noise:g}"
 
 
-def batch_path(workdir, config, train_config, seed: int, ckpt: int, batch_id: int) -> str:
+# Training settings that change no number of the checkpoints (the learner axis is replaced by
+# each learner's own coordinates): runs that differ only here share measured results.
+SOURCE_UNUSED = ("name", "family", "seed", "seeds", "num_seeds", "vmapped", "eval_every",
+                 "eval_batch_size", "evals", "checkpoint_every", "data.data_dir")
+
+
+def _digest(obj) -> str:
+    text = json.dumps(wd.to_json(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def result_identity(config, train_config, coords=None) -> dict:
+    """Every setting that changes the numbers of one learner's per-batch result: the measure's
+    (those its metric and mode use), the source run's training settings (as a digest) and the
+    learner's coordinates besides its seed (vmapped values)."""
+    m = {"metric": config.metric, "split": config.dataset_split,
+         "batch_size": config.batch_size,  # which points make batch b
+         "mc_sample_seed": config.mc_sample_seed}  # the point order and the estimators' key
+    if config.metric in measures.JACOBIAN_METRICS:
+        operator = config.metric == "jacobian_operator_norm"
+        # mode "": the operator norm's mode follows the source's class count; per_output else
+        mode = config.mode or ("" if operator else measures.default_mode(config.metric))
+        m.update(normalization=config.normalization, target_logit_only=config.target_logit_only,
+                 mode=mode)
+        if mode in ("", "matrix_free") and operator:
+            m.update(tol=config.tol, atol=config.atol, max_iters=config.max_iters)
+        elif mode == "matrix_free":
+            m.update(num_probes=config.num_probes)
+    trained = {k: v for k, v in wd.flatten(train_config.to_dict()).items()
+               if not any(k == u or k.startswith(u + ".") for u in SOURCE_UNUSED)}
+    learner = {k: v for k, v in (coords or {}).items() if k != "seed"}
+    return {"measure": m, "source": _digest(trained), "learner": wd.to_json(learner)}
+
+
+def batch_path(workdir, config, train_config, seed: int, ckpt: int, batch_id: int,
+               coords=None) -> str:
     """<root>/<name>/<model>/<data>/<setting>/seed-<seed>/<out>-<batch_id>.json (the seed's
-    layout), out = <metric>_<normalization>_<split>_ckpt-<i>; root = ``config.output_dir`` (a
-    tree several workers share) or the workdir."""
+    layout), out = <metric>_<normalization>_<split>_ckpt-<i>_<id>, id = a digest of
+    ``result_identity`` (so runs differing in any setting that changes a number never share a
+    file); root = ``config.output_dir`` (a tree several workers share) or the workdir."""
     root = os.path.expanduser(config.output_dir) if config.output_dir else workdir
+    rid = _digest(result_identity(config, train_config, coords))
     out_name = (f"{config.metric}_{config.normalization}_{config.dataset_split}"
-                f"_ckpt-{ckpt}")
+                f"_ckpt-{ckpt}_{rid}")
     return os.path.join(root, config.name, train_config.model.name, train_config.data.name,
                         setting_name(train_config), f"seed-{seed}", f"{out_name}-{batch_id}.json")
 
@@ -90,36 +142,35 @@ def sample_order(config, num_points: int) -> np.ndarray:
 
 def run(config, workdir: str, progress: bool = True) -> dict:
     validate(config)
-    train_config = source_config(config)
+    source = load_source(config)
+    train_config = source.config
     validate(config, train_config)
+    steps = classify.checkpoint_steps(train_config)
+    ckpts = (list(range(len(train_config.checkpoint_epochs))) if config.checkpoint == -1
+             else [config.checkpoint])
+    saved = source.checkpoint_steps()
+    missing = [i for i in ckpts if steps[i] not in saved]
+    if missing:
+        cc.fail("checkpoint", config.checkpoint,
+                f"a checkpoint the source run has saved (missing: {missing}, at steps "
+                f"{[steps[i] for i in missing]}; saved steps: "
+                f"{', '.join(map(str, saved)) or 'none'}; is it finished?)")
     dataset = images_lib.load_image_data(train_config.data.name,
                                          train_config.data.data_dir or None)
     num_test = dataset["test"][1].shape[0]
     if config.dataset_split == "test" and config.num_samples > num_test:
         cc.fail("num_samples", config.num_samples,
                 f"at most the {num_test} points of the test split")
-    program = classify.build_program(train_config, dataset)
+    source.build(dataset=dataset)
     one_output = config.normalization == "crossentropy" or config.target_logit_only
     mode = config.mode or measures.default_mode(
         config.metric, 1 if one_output else dataset["num_classes"])
-    ckpts = (list(range(len(train_config.checkpoint_epochs))) if config.checkpoint == -1
-             else [config.checkpoint])
-    steps = classify.checkpoint_steps(train_config)
     with wd.Workdir(workdir, config.to_dict()) as w:
-        state, data = program.init()
-        manager = checkpoints.make_manager(os.path.join(os.path.expanduser(config.source), "ckpt"),
-                                           keep_steps=steps)
-        missing = [i for i in ckpts if steps[i] not in manager.all_steps()]
-        if missing:
-            manager.close()
-            cc.fail("checkpoint", config.checkpoint,
-                    f"a checkpoint the source run has saved (missing: {missing}; is it finished?)")
-        restored = [checkpoints.restore(manager, steps[i], state) for i in ckpts]
+        data = source.data()
         # the model's variables (params and any BatchNorm statistics) of every checkpoint
-        params_CxN = jax.tree.map(
-            lambda *xs: jnp.stack(xs), *[{**r.params, **r.model_state} for r in restored])
-        manager.close()
-        return _measure(config, train_config, program, data, params_CxN, ckpts, mode, w,
+        params_CxN = jax.tree.map(lambda *xs: jnp.stack(xs),
+                                  *[source.variables(steps[i]) for i in ckpts])
+        return _measure(config, train_config, source, data, params_CxN, ckpts, mode, w,
                         progress)
 
 
@@ -142,9 +193,10 @@ def _num_points(config, data) -> int:
     return data["train_idx" if split == "train" else "val_idx"].shape[1]
 
 
-def _measure(config, train_config, program, data, params_CxN, ckpts, mode, w, progress):
-    axis = program.axis
-    apply_fn = lambda variables, x: program.model.apply(variables, x, train=False)
+def _measure(config, train_config, source, data, params_CxN, ckpts, mode, w, progress):
+    axis = source.axis
+    model = source.model
+    apply_fn = lambda variables, x: model.apply(variables, x, train=False)
     shared_points = config.dataset_split == "test"
     available = _num_points(config, data)
     if config.num_samples > available:
@@ -152,6 +204,8 @@ def _measure(config, train_config, program, data, params_CxN, ckpts, mode, w, pr
                 f"at most the {available} points of the {config.dataset_split} split")
     order = sample_order(config, available)
     seeds = axis.coords["seed"]
+    coords = [axis.coords_of(n) for n in range(axis.size)]
+    identities = [result_identity(config, train_config, c) for c in coords]
 
     def one(params, xb, yb, key):
         out = measures.compute_metric(
@@ -172,11 +226,11 @@ def _measure(config, train_config, program, data, params_CxN, ckpts, mode, w, pr
                               resume_step=config.num_samples // config.batch_size)
     for b in batch_ids:
         idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-        paths = {(c, n): batch_path(w.path, config, train_config, int(seeds[n]), c, b)
+        paths = {(c, n): batch_path(w.path, config, train_config, int(seeds[n]), c, b,
+                                    coords[n])
                  for c in ckpts for n in range(axis.size)}
-        if all(os.path.exists(p) for p in paths.values()):
-            done = {k: wd.read_json(p) for k, p in paths.items()}
-        else:
+        done = _reusable(paths, identities)
+        if done is None:
             xb, yb, corrupted = _split_batch(config, data, idx)
             key = jax.random.fold_in(rng.stream(config.mc_sample_seed, "mc_sample"), b)
             values, conv = jax.device_get(per_ckpt(params_CxN, xb, yb, key))
@@ -190,6 +244,7 @@ def _measure(config, train_config, program, data, params_CxN, ckpts, mode, w, pr
                         "split": config.dataset_split, "indices": idx.tolist(),
                         "values": values[ci, n].tolist(), "converged": conv[ci, n].tolist(),
                         "corrupted": corr.tolist(), "mean": float(np.mean(values[ci, n])),
+                        "identity": identities[n],
                     }
                     wd.write_json_atomic(paths[(c, n)], record)
                     done[(c, n)] = record
@@ -206,6 +261,16 @@ def _measure(config, train_config, program, data, params_CxN, ckpts, mode, w, pr
     if progress:
         print(format_summary(summary))
     return summary
+
+
+def _reusable(paths: dict, identities: list):
+    """The records of a batch already measured with these settings (every learner and
+    checkpoint), else None."""
+    if not all(os.path.exists(p) for p in paths.values()):
+        return None
+    done = {k: wd.read_json(p) for k, p in paths.items()}
+    same = all(rec.get("identity") == wd.to_json(identities[n]) for (_, n), rec in done.items())
+    return done if same else None
 
 
 def summarize(config, train_config, axis, ckpts, results) -> dict:
