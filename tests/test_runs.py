@@ -15,8 +15,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs.irm import regression
-from configs.measures import noisy_classification
+from irmx.configs.irm import regression
+from irmx.configs.measures import noisy_classification
 from irmx.experiments import classify, irm
 from irmx.io import runs
 from irmx.io import workdir as wd
