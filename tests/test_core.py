@@ -487,3 +487,84 @@ def test_status_step_is_current_at_every_chunk(tmp_path):
     irm.run(c, d, progress=False, max_chunks=2)
     status = json.load(open(os.path.join(d, "status.json")))
     assert status["state"] == "preempted" and status["step"] == 2 * c.chunk_steps
+
+
+# --- classifier on the core ---------------------------------------------------------------
+
+def _classifier_config(**overrides):
+    from irmx.configs.measures import noisy_classification
+
+    c = noisy_classification.get_config("smoke")
+    c.num_seeds = 1
+    c.update_from_flattened_dict(overrides)
+    return c
+
+
+def test_classifier_killed_before_its_first_checkpoint_resumes(tmp_path):
+    """Checkpoint 0 (the initialisation) exists when a run is stopped right after start: the
+    re-run restores it instead of saving step 0 again (orbax StepAlreadyExistsError before)."""
+    from irmx.experiments import classify
+
+    c = _classifier_config()
+    d = str(tmp_path / "early")
+    assert classify.run(c, d, progress=False, max_chunks=0) == {}
+    assert wd.read_json(os.path.join(d, "status.json"))["state"] == "preempted"
+    s = classify.run(c, d, progress=False)
+    assert wd.read_json(os.path.join(d, "status.json"))["state"] == "done"
+    full = classify.run(c, str(tmp_path / "full"), progress=False)
+    assert [r["test_accuracy"] for r in s["learners"]] == \
+        [r["test_accuracy"] for r in full["learners"]]
+
+
+def test_label_noise_and_weight_decay_are_vmappable_in_the_trainer():
+    from irmx.experiments import classify
+
+    c = _classifier_config(**{"vmapped.label_noise": (0.0, 0.5),
+                              "vmapped.weight_decay": (0.0, 0.1)})
+    program = classify.build_program(c)
+    state, data = program.init()
+    rows = program.axis.rows
+    n = c.data.train_split
+    for i, row in enumerate(rows):
+        corrupted = np.asarray(data["corrupted"][i])
+        assert corrupted.sum() == round(n * row["label_noise"])
+        assert float(state.opt_state.hyperparams["weight_decay"][i]) == pytest.approx(
+            row["weight_decay"])
+    # learner (noise 0.5, wd 0.1) is a single run with those values as plain config
+    single = _classifier_config(**{"data.label_noise": 0.5, "optim.weight_decay": 0.1})
+    s_state, s_data = classify.build_program(single).init()
+    np.testing.assert_array_equal(data["train_labels"][3], s_data["train_labels"][0])
+    p = classify.build_program(c)
+    for _ in range(2):
+        state, _ = p.chunk(state, data)
+    sp = classify.build_program(single)
+    for _ in range(2):
+        s_state, _ = sp.chunk(s_state, s_data)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(s_state.params)):
+        np.testing.assert_allclose(np.asarray(a)[3], np.asarray(b)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_step_stream_is_separate_from_the_shuffle_stream():
+    """The augmentation key of step t is not the permutation key of epoch t (both streams of
+    the same seed used to be one)."""
+    from irmx.experiments import classify
+
+    program = classify.build_program(_classifier_config())
+    state, data = program.init()
+    assert not np.array_equal(np.asarray(state.key[0]), np.asarray(data["shuffle_key"][0]))
+    assert np.array_equal(np.asarray(state.key[0]),
+                          np.asarray(jax.random.key_data(rng.stream(42, "step"))))
+
+
+def test_learner_data_is_the_same_inside_and_outside_init():
+    from irmx.experiments import classify
+
+    c = _classifier_config()
+    program = classify.build_program(c)
+    _, data = program.init()
+    from irmx.data import images as images_lib
+
+    pool_y = images_lib.load_image_data("digits")["train"][1]
+    per = classify.learner_data(c, {"seed": jnp.uint32(42)}, jnp.asarray(pool_y), 10)
+    np.testing.assert_array_equal(per["train_idx"], data["train_idx"][0])
+    np.testing.assert_array_equal(per["train_labels"], data["train_labels"][0])
