@@ -92,7 +92,8 @@ class Hook:
 
     def __post_init__(self):
         if self.point not in HOOK_POINTS:
-            raise ValueError(f"hook point {self.point!r} unknown; allowed: {', '.join(HOOK_POINTS)}")
+            raise ValueError(f"hook point {self.point!r} unknown; allowed: "
+                             f"{', '.join(HOOK_POINTS)}")
         if self.start < 0 or (self.stop is not None and self.stop <= self.start):
             raise ValueError(f"hook window [{self.start}, {self.stop}) is empty or negative")
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from irmx import classification, train
+from irmx import classify, train
 
 
 class TinyBN(nn.Module):
@@ -26,7 +26,7 @@ def test_batch_stats_follow_flax_and_params_follow_sgd():
     stats = {"batch_stats": variables["batch_stats"]}
     opt = optax.sgd(0.1)
     state = train.init_state(params, opt, jax.random.key(2), model_state=stats)
-    update = train.make_update(classification.make_loss(model.apply), opt)
+    update = train.make_update(classify.make_loss(model.apply), opt)
     step = jax.jit(train.make_step(update))
     new_state, metrics = step(state, (x, y))
     assert "model_state" not in metrics

@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
-from irmx import classification, rng
+from irmx import classify as classify_lib
+from irmx import rng
 from irmx import optim as optim_lib
 from irmx.config_checks import ConfigError
 from irmx.configs.measures import jacobian as jacobian_configs
@@ -299,7 +300,7 @@ def test_sgd_with_warmup_and_coupled_weight_decay_matches_hand_written_update():
     x = jnp.asarray(gen.uniform(size=(16, 8, 8, 1)), jnp.float32)
     y = jnp.asarray(gen.integers(0, 10, 16), jnp.int32)
     params = jax.jit(model.init)(jax.random.key(3), x[:1])
-    step = jax.jit(make_step(make_update(classification.make_loss(model.apply), optimizer,
+    step = jax.jit(make_step(make_update(classify_lib.make_loss(model.apply), optimizer,
                                          hyperparams=names)))
 
     def ce(p):  # written out here, not irmx's loss
@@ -408,8 +409,14 @@ def test_measures_summary_means_clean_and_corrupted(measured):
                                    values[corrupted].mean(), rtol=1e-6)
         assert row["converged_fraction"] == 1.0
         means.append(values.mean())
-    np.testing.assert_allclose(summary["checkpoints"]["1"]["mean"], np.mean(means), rtol=1e-6)
-    assert summary["checkpoints"]["1"]["n"] == 2
+    # the grid: per checkpoint, the statistics over seeds (the shared summarize of every family)
+    (point,) = summary["grid"]
+    assert (point["checkpoint"], point["epoch"], point["num_seeds"]) == (1, 2, 2)
+    np.testing.assert_allclose(point["jacobian_operator_norm"]["mean"], np.mean(means),
+                               rtol=1e-6)
+    assert point["jacobian_operator_norm"]["n"] == 2
+    status = wd.read_json(os.path.join(measured.workdir, "status.json"))
+    assert status["state"] == "done" and status["num_learners"] == 2
 
 
 def test_two_workers_cover_each_point_once_and_match_one_run(trained, measured, tmp_path):
@@ -465,9 +472,11 @@ def test_all_checkpoints_and_seeds_in_one_run(trained, measured, tmp_path):
     workdir = str(tmp_path / "all")
     summary = measures.run(measures_config(trained.workdir, checkpoint=-1, num_samples=20),
                            workdir, progress=False)
+    # one learner per (seed, checkpoint), the seed slowest as on every learner axis
     assert [(r["seed"], r["checkpoint"], r["epoch"]) for r in summary["learners"]] == [
-        (s, c, e) for c, e in zip((0, 1, 2), (0, 2, 4), strict=True) for s in SEEDS]
-    assert set(summary["checkpoints"]) == {"0", "1", "2"}
+        (s, c, e) for s in SEEDS for c, e in zip((0, 1, 2), (0, 2, 4), strict=True)]
+    per_ckpt = {g["checkpoint"]: g["jacobian_operator_norm"] for g in summary["grid"]}
+    assert set(per_ckpt) == {0, 1, 2} and all(g["n"] == 2 for g in per_ckpt.values())
     files = batch_files(workdir)
     assert set(files) == {(s, c, 0) for s in SEEDS for c in (0, 1, 2)}
     for seed in SEEDS:  # the same numbers as the single-checkpoint run
@@ -479,8 +488,7 @@ def test_all_checkpoints_and_seeds_in_one_run(trained, measured, tmp_path):
         x, _, _ = split_points(trained, n, rec["indices"])
         op, _ = dense_norms(trained, learner_params(trained.state, n), x)
         np.testing.assert_allclose(rec["values"], op, rtol=1e-3)
-    init_mean = summary["checkpoints"]["0"]["mean"]
-    assert init_mean != summary["checkpoints"]["2"]["mean"]
+    assert per_ckpt[0]["mean"] != per_ckpt[2]["mean"]
 
 
 def test_the_three_modes_agree_through_the_driver(trained, measured, tmp_path):

@@ -10,7 +10,6 @@ import numpy as np
 import optax
 import pytest
 
-
 from irmx import learners, optim, rng, train
 from irmx.configs.irm import regression
 from irmx.experiments import irm
@@ -136,7 +135,8 @@ def test_update_map_jvp_and_vjp_equal_a_dense_jacobian():
 
 def test_extra_args_optimizer_gets_the_loss():
     """An optimizer needing the loss (GradientTransformationExtraArgs: a line search) runs."""
-    opt = optax.chain(optax.sgd(1.0), optax.scale_by_backtracking_linesearch(max_backtracking_steps=15))
+    opt = optax.chain(optax.sgd(1.0),
+                      optax.scale_by_backtracking_linesearch(max_backtracking_steps=15))
     params = {"w": jnp.zeros(3), "b": jnp.zeros(())}
     state = train.init_state(params, opt, jax.random.key(0))
     step = jax.jit(train.make_step(train.make_update(mse_loss, opt)))
@@ -188,10 +188,8 @@ def _lockstep(values_N, hooks):
 
     state = jax.vmap(init_one)(values_N)
     run = jax.jit(jax.vmap(chunk, in_axes=(0, None)))
-    batches = []
     for _ in range(25):
-        state, m = run(state, data)
-        batches.append(np.asarray(m["idx"]) if "idx" in m else None)
+        state, _ = run(state, data)
     return state
 
 
@@ -206,18 +204,13 @@ def test_control_and_intervened_learners_in_lockstep_equal_single_runs():
         np.testing.assert_allclose(np.asarray(a)[0], np.asarray(b)[0], rtol=1e-6, atol=1e-7)
     # each intervened learner equals its single run; and the interventions did change things
     for i in range(1, 4):
-        single = _lockstep(jax.tree.map(lambda v: v[i:i + 1], values), hooks)
+        single = _lockstep(jax.tree.map(lambda v, i=i: v[i:i + 1], values), hooks)
         for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(single.params)):
             np.testing.assert_allclose(np.asarray(a)[i], np.asarray(b)[0], rtol=1e-5, atol=1e-6)
         assert not np.allclose(state.params["w"][i], state.params["w"][0], atol=1e-4)
 
 
 def test_hooks_see_the_same_batches_and_act_only_in_their_window():
-    seen = []
-
-    def record(st, values, key):
-        return st
-
     hook = train.Hook("after_gradients", lambda g, v, k: jax.tree.map(lambda x: 0 * x, g), 3, 5)
     opt = optax.sgd(0.1)
     update = train.make_update(_mse_b, opt, hooks=[hook])
@@ -231,7 +224,6 @@ def test_hooks_see_the_same_batches_and_act_only_in_their_window():
     params.append(np.asarray(state.params["w"]))
     moved = [not np.array_equal(params[t], params[t + 1]) for t in range(7)]
     assert moved == [True, True, True, False, False, True, True]  # zeroed gradients at 3, 4
-    del seen, record
 
 
 def test_activation_hook_perturbs_a_named_module_output():

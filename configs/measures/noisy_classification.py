@@ -50,8 +50,14 @@ def get_config(arg=None):
 
     c.batch_size = 100  # per learner; drop-last
     c.epochs = 60  # training epochs
-    c.eval_every = 10  # epochs between evaluations of train/val/test
+    c.eval_every = 10  # epochs between evaluations (an evaluator's own "every" overrides)
     c.eval_batch_size = 500  # batch size of evaluation passes
+    # Evaluators (irmx.registry, configured as data): <name>_loss and <name>_accuracy of the
+    # split each names, every eval_every epochs and at the end; "train" scores the (noisy)
+    # labels trained on, "train_clean" the originals; "val" needs data.val_split > 0.
+    c.evals = ml_collections.ConfigDict()
+    for split in ("train", "train_clean", "val", "test"):
+        c.evals[split] = ml_collections.ConfigDict({"type": "classification", "split": split})
     c.checkpoint_epochs = (0, 60)  # numbered checkpoints: checkpoint i = after these epochs
     c.checkpoint_every = 10  # epochs between resume checkpoints
 

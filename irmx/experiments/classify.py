@@ -8,8 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from irmx import classification, optim
+from irmx import classify as classify_lib
 from irmx import config_checks as cc
+from irmx import optim, registry
 from irmx.data import images as images_lib
 from irmx.experiments.loop import Program, run_program
 from irmx.learners import axis_from_config, learner_stream, make_init, map_learners
@@ -52,6 +53,7 @@ def validate(config, num_pool=None) -> None:
                 f"at most data.train_split={config.data.train_split}")
     cc.number(config, "epochs", 1, integer=True)
     cc.number(config, "eval_every", 1, integer=True)
+    registry.evaluator_metric_names(evaluator_specs(config))  # names, types and options
     cc.number(config, "eval_batch_size", 1, integer=True)
     cc.numbers(config, "checkpoint_epochs", 0, config.epochs, min_len=1, integer=True)
     if list(config.checkpoint_epochs) != sorted(set(config.checkpoint_epochs)):
@@ -123,34 +125,22 @@ def build_program(config, dataset=None) -> Program:
     augment = None
     if config.data.augmentation:
         augment = lambda key, x: images_lib.random_crop_flip(key, x, config.data.padding)
-    batch_fn = classification.make_batch_fn(config.batch_size, spe, augment)
+    batch_fn = classify_lib.make_batch_fn(config.batch_size, spe, augment)
     hparams = tuple(VMAPPABLE[n] for n in axis.hparam_names if VMAPPABLE[n] in HYPERPARAMS)
-    update = make_update(classification.make_loss(apply_fn), optimizer, hyperparams=hparams,
+    update = make_update(classify_lib.make_loss(apply_fn), optimizer, hyperparams=hparams,
                          canonical_convs=True)
     epoch = make_chunk(make_step(update, batch_fn), spe)
-    ebs = config.eval_batch_size
+    evaluators = make_evaluators(config, apply_fn)
 
     def evaluate_one(state, data):
         variables = {**state.params, **state.model_state}
-        eval_apply = lambda v, x: apply_fn(v, x, train=False)
-        train_x = data["images"][data["train_idx"]]
-        ev = lambda x, y: classification.evaluate_split(eval_apply, variables, x, y, ebs)
-        splits = {
-            "train": (train_x, data["train_labels"]),  # the (noisy) labels it was trained on
-            "train_clean": (train_x, data["clean_labels"]),
-            "test": (data["test_images"], data["test_labels"]),
-        }
-        if config.data.val_split:
-            splits["val"] = (data["images"][data["val_idx"]], data["val_labels"])
-        return {f"{s}_{k}": v for s, (x, y) in splits.items() for k, v in ev(x, y).items()}
+        return {k: v for ev in evaluators for k, v in ev.fn(variables, data).items()}
 
     def chunk_one(state, data):
         state, metrics = epoch(state, data)
         ep = state.step // spe
-        due = (ep % config.eval_every == 0) | (ep == config.epochs)
-        names = evaluate_names(config)
-        nan = {k: jnp.full((), jnp.nan) for k in names}
-        metrics.update(jax.lax.cond(due, lambda: evaluate_one(state, data), lambda: nan))
+        variables = {**state.params, **state.model_state}
+        metrics.update(registry.evaluate_due(evaluators, ep, config.epochs, variables, data))
         metrics["epoch"] = ep
         return state, metrics
 
@@ -192,9 +182,32 @@ def build_program(config, dataset=None) -> Program:
     )
 
 
-def evaluate_names(config) -> tuple:
-    splits = ["train", "train_clean", "test"] + (["val"] if config.data.val_split else [])
-    return tuple(f"{s}_{k}" for s in splits for k in ("loss", "accuracy"))
+# Where each split's points and labels are in a learner's data (for "classification" evaluators).
+SPLITS = {
+    "train": lambda d: (d["images"][d["train_idx"]], d["train_labels"]),  # the noisy labels
+    "train_clean": lambda d: (d["images"][d["train_idx"]], d["clean_labels"]),
+    "val": lambda d: (d["images"][d["val_idx"]], d["val_labels"]),
+    "test": lambda d: (d["test_images"], d["test_labels"]),
+}
+
+
+def evaluator_specs(config) -> dict:
+    """``config.evals`` with ``every`` defaulting to ``config.eval_every`` (epochs); evaluators
+    of the validation split are left out when ``data.val_split`` is 0 (there are no points)."""
+    specs = {}
+    for name, spec in config.evals.items():
+        spec = dict(spec.to_dict() if hasattr(spec, "to_dict") else spec)
+        if spec.get("split") == "val" and not config.data.val_split:
+            continue
+        specs[name] = {"every": config.eval_every, **spec}
+    return specs
+
+
+def make_evaluators(config, apply_fn) -> tuple:
+    """The registry's evaluators of ``config.evals``, in inference mode, per learner."""
+    eval_apply = lambda v, x: apply_fn(v, x, train=False)
+    return registry.make_evaluators(evaluator_specs(config), apply_fn=eval_apply, splits=SPLITS,
+                                    batch_size=config.eval_batch_size)
 
 
 def checkpoint_steps(config) -> tuple:

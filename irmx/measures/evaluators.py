@@ -2,7 +2,7 @@
 
 ``classification``: mean cross-entropy and top-1 accuracy of a classifier over a whole split,
 in batches (``lax.map``; the last batch padded and its padding masked out, as
-``irmx.classification.evaluate_split`` does)::
+``irmx.classify.evaluate_split`` does)::
 
     config.evals.test = {"type": "classification", "split": "test", "every": 10}
     registry.make_evaluator("test", config.evals.test, apply_fn=eval_apply, batch_size=500,
@@ -10,7 +10,7 @@ in batches (``lax.map``; the last batch padded and its padding masked out, as
 """
 
 from irmx import registry
-from irmx.config_checks import fail
+from irmx.errors import ArgumentError
 
 
 @registry.register_evaluator("classification", keys=("loss", "accuracy"),
@@ -22,14 +22,16 @@ def classification(spec, *, name, apply_fn, splits, batch_size=None, **unused):
     ``fn(data) -> (images, integer labels)`` (the learner's data, e.g. its noisy training
     labels); batch size: ``spec["batch_size"]``, else the context's ``batch_size``."""
     del unused  # context meant for other evaluator types
-    from irmx import classification as cls
+    from irmx import classify as cls
 
     split = spec["split"]
     if split not in splits:
-        fail(f"evals.{name}.split", split, "one of " + ", ".join(splits))
+        raise registry.spec_error(name, "split", split, "one of " + ", ".join(splits))
     size = spec["batch_size"] if spec["batch_size"] is not None else batch_size
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        fail(f"evals.{name}.batch_size", size, "an integer >= 1")
+        if spec["batch_size"] is None:  # the context's
+            raise ArgumentError(f"evaluator {name!r}", "batch_size", size, "an integer >= 1")
+        raise registry.spec_error(name, "batch_size", size, "an integer >= 1")
     get = splits[split]
 
     def fn(variables, data):

@@ -1,4 +1,6 @@
-"""Pure pieces of the generic classifier trainer (noisy-label training of the measures family).
+"""Pure pieces of the classifier trainer (the measures family's noisy-label training; driver
+``irmx.experiments.classify``, config ``configs/measures/noisy_classification.py``, main
+``launch/train.py``).
 
 Per learner: a train/validation split (stream ``data_split``), symmetric label noise on the
 training part (stream ``label_noise``), an epoch-wise shuffle (stream ``shuffle``), optional
