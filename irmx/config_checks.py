@@ -1,12 +1,18 @@
 """Config validation that runs before anything is compiled.
 
 Each check raises ``ConfigError`` with one line naming the key, the value and what is allowed.
+The library below ``irmx.experiments`` names its own arguments instead (``ArgumentError``); a
+driver that lets a library function check a config value maps the argument to its key::
+
+    with config_keys(name="model.name", batchnorm="model.batchnorm"):
+        make_classifier(config.model.name, 10, batchnorm=config.model.batchnorm)
 """
 
 import collections
+import contextlib
 import math
 
-from irmx.errors import UserError
+from irmx.errors import ArgumentError, UserError
 
 
 class ConfigError(UserError, ValueError):
@@ -22,6 +28,22 @@ def _get(config, key: str):
 
 def fail(key: str, value, allowed: str):
     raise ConfigError(f"config.{key}={value!r} is invalid; allowed: {allowed}")
+
+
+@contextlib.contextmanager
+def config_keys(**keys: str):
+    """Within the block, a library ``ArgumentError`` whose path starts with argument ``a`` of
+    ``keys`` becomes the ``ConfigError`` of config key ``keys[a]`` (the rest of the path
+    appended: ``specs="evals"`` turns ``specs.val.split`` into ``config.evals.val.split``).
+    Errors about other arguments pass unchanged."""
+    try:
+        yield
+    except ArgumentError as e:
+        head, dot, rest = e.path.partition(".")
+        if head not in keys:
+            raise
+        key = keys[head] + dot + rest
+        raise ConfigError(f"config.{key}={e.value!r} is invalid; allowed: {e.allowed}") from None
 
 
 def _bound(x) -> str:
@@ -95,3 +117,45 @@ def learner_seeds(config) -> None:
     else:
         number(config, "seed", 0, 2**32 - 1, integer=True)
         number(config, "num_seeds", 1, 100_000, integer=True)
+
+
+def learner_axis(config, ranges) -> None:
+    """The learner axis beyond the seeds (``irmx.learners``): ``vmapped.<name>`` value lists,
+    ``sampled.num`` draws from ``sampled.<name> = (low, high[, "log" | "linear" | "int"])``
+    and ``learners_per_group``. ``ranges``: vmappable name -> (low, high, low_open); a name
+    may be vmapped or sampled, not both; values distinct (one learner each)."""
+    learner_seeds(config)
+    vmapped = config.get("vmapped", {}) or {}
+    for name, values in vmapped.items():
+        if name not in ranges:
+            fail(f"vmapped.{name}", values, "a name among " + ", ".join(ranges))
+        if values:
+            low, high, low_open = ranges[name]
+            numbers(config, f"vmapped.{name}", low, high, low_open=low_open)
+            if len(set(values)) != len(values):
+                fail(f"vmapped.{name}", tuple(values), "distinct values (one learner each)")
+    sampled = config.get("sampled", None)
+    if sampled is not None:
+        number(config, "sampled.num", 0, 1_000_000, integer=True)
+        number(config, "sampled.seed", -1, 2**32 - 1, integer=True)
+        for name, spec in sampled.items():
+            if name in ("num", "seed") or not spec:
+                continue
+            key = f"sampled.{name}"
+            if name not in ranges:
+                fail(key, spec, "a name among " + ", ".join(ranges))
+            if vmapped.get(name):
+                fail(key, spec, f"() while config.vmapped.{name} is set (vmapped or sampled)")
+            low, high, low_open = ranges[name]
+            scale = spec[2] if len(spec) == 3 else "linear"
+            ok = (isinstance(spec, (list, tuple)) and len(spec) in (2, 3)
+                  and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                          and math.isfinite(v) for v in spec[:2])
+                  and scale in ("linear", "log", "int"))
+            ok = ok and (low < spec[0] if low_open else low <= spec[0]) and spec[0] < spec[1]
+            ok = ok and spec[1] <= high and (scale != "log" or spec[0] > 0)
+            if not ok:
+                lo = "(" if low_open else "["
+                fail(key, tuple(spec), f"(low, high[, 'log' | 'linear' | 'int']) with "
+                     f"low < high in {lo}{low}, {high}] (log: low > 0)")
+    number(config, "learners_per_group", 0, 1_000_000, integer=True)

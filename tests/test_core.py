@@ -560,3 +560,40 @@ def test_learner_data_is_the_same_inside_and_outside_init():
     per = classify.learner_data(c, {"seed": jnp.uint32(42)}, jnp.asarray(pool_y), 10)
     np.testing.assert_array_equal(per["train_idx"], data["train_idx"][0])
     np.testing.assert_array_equal(per["train_labels"], data["train_labels"][0])
+
+
+def test_remat_update_gives_the_same_hypergradient():
+    """make_update(remat=True) (jax.checkpoint, for long unrolls) changes no numbers."""
+    opt = optim.make_optimizer("sgd", 0.1, momentum=0.5, weight_decay=0.0)
+    names = ("learning_rate", "weight_decay")
+    x, y = jnp.asarray(X[:24], jnp.float32), jnp.asarray(Y[:24], jnp.float32)
+    params = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+
+    def val_loss(values, remat):
+        state = train.init_state(params, opt, jax.random.key(0), values, hyperparams=names)
+        update = train.make_update(mse_loss, opt, hyperparams=names, remat=remat)
+        state, _ = train.make_chunk(train.make_step(update), 10)(state, (x, y))
+        return mse_loss(state.params, {}, (x, y), None, None)[0]
+
+    values = {"learning_rate": jnp.float32(0.05), "weight_decay": jnp.float32(0.1)}
+    plain = jax.jit(jax.grad(lambda v: val_loss(v, False)))(values)
+    remat = jax.jit(jax.grad(lambda v: val_loss(v, True)))(values)
+    for k in values:
+        np.testing.assert_allclose(plain[k], remat[k], rtol=1e-6)
+
+
+def test_sampled_axis_from_a_config_routes_to_the_optimizer():
+    from irmx import config_checks
+
+    c = regression.get_config("irmv1,smoke")
+    c.sampled.num, c.sampled.lr = 3, (1e-3, 1e-1, "log")
+    program = irm.build_program(c)
+    assert program.axis.shape == (4, 3)
+    want = learners.sample_values(c.seed, "lr", (1e-3, 1e-1, "log"), 3)
+    np.testing.assert_allclose(program.axis.to_grid(program.axis.coords["lr"])[2], want)
+    state, _ = program.init()
+    np.testing.assert_allclose(state.opt_state.hyperparams["learning_rate"],
+                               np.tile(want, 4), rtol=1e-6)
+    c.sampled.lr = (0.1, 0.01)
+    with pytest.raises(config_checks.ConfigError, match=r"config\.sampled\.lr=\(0\.1, 0\.01\)"):
+        irm.build_program(c)

@@ -72,6 +72,14 @@ def _base():
     c.vmapped.penalty_weight = ()
     c.vmapped.alpha = ()
     c.vmapped.beta = ()
+    # N random draws per seed (same draws when num grows): sampled.<name> = (low, high[, "log"])
+    c.sampled = ml_collections.ConfigDict()
+    c.sampled.num = 0  # draws; 0 = no sampled factor
+    c.sampled.seed = -1  # seed of the draws (-1: config.seed)
+    c.sampled.lr = ()
+    c.sampled.penalty_weight = ()
+    c.sampled.alpha = ()
+    c.sampled.beta = ()
     c.learners_per_group = 0  # vmap groups of this many learners, lax.map across (0: all)
     c.select_by = ""  # per seed, pick the grid point with the lowest of this metric
     return c

@@ -66,6 +66,14 @@ def get_config(arg=None):
     c.vmapped.weight_decay = ()
     c.vmapped.momentum = ()  # sgd momentum values (with optim.momentum > 0)
     c.vmapped.label_noise = ()  # label-noise fractions, one data set per value and seed
+    # N random draws per seed (same draws when num grows): sampled.<name> = (low, high[, "log"])
+    c.sampled = ml_collections.ConfigDict()
+    c.sampled.num = 0  # draws; 0 = no sampled factor
+    c.sampled.seed = -1  # seed of the draws (-1: config.seed)
+    c.sampled.lr = ()
+    c.sampled.weight_decay = ()
+    c.sampled.momentum = ()
+    c.sampled.label_noise = ()
     c.learners_per_group = 0  # vmap groups of this many learners, lax.map across (0: all)
 
     for part in a.variants:

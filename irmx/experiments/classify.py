@@ -4,6 +4,8 @@
 is the model after ``config.checkpoint_epochs[i]`` epochs, kept for good in ``ckpt/``.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,12 +24,14 @@ from irmx.train import init_state, make_chunk, make_step, make_update
 VMAPPABLE = {"lr": "learning_rate", "weight_decay": "weight_decay", "momentum": "momentum",
              "label_noise": "label_noise"}
 HYPERPARAMS = ("learning_rate", "weight_decay", "momentum")
+# (low, high, low_open) of each vmappable (or sampled) value
+AXIS_RANGES = {"lr": (0.0, math.inf, True), "weight_decay": (0.0, math.inf, False),
+               "momentum": (0.0, 0.999999, False), "label_noise": (0.0, 1.0, False)}
 SHARED = ("images", "test_images", "test_labels")  # data every learner reads (vmap in_axes None)
 
 
 def validate(config, num_pool=None) -> None:
     """Every value checked before any compilation; ``num_pool`` = size of the train pool."""
-    cc.learner_seeds(config)
     cc.choice(config, "data.name", images_lib.DATASETS)
     cc.number(config, "data.label_noise", 0.0, 1.0)
     cc.number(config, "data.train_split", 1, integer=True)
@@ -59,17 +63,11 @@ def validate(config, num_pool=None) -> None:
     if list(config.checkpoint_epochs) != sorted(set(config.checkpoint_epochs)):
         cc.fail("checkpoint_epochs", config.checkpoint_epochs, "strictly increasing epochs")
     cc.number(config, "checkpoint_every", 1, integer=True)
-    for name, values in config.vmapped.items():
-        if name not in VMAPPABLE:
-            cc.fail(f"vmapped.{name}", values, ", ".join(VMAPPABLE))
-        if values:
-            high = {"label_noise": 1.0, "momentum": 0.999999}.get(name, float("inf"))
-            cc.numbers(config, f"vmapped.{name}", 0.0, high, low_open=name == "lr")
+    cc.learner_axis(config, AXIS_RANGES)
     if config.vmapped.get("momentum") and not (config.optim.name == "sgd"
                                                and config.optim.momentum > 0):
         cc.fail("vmapped.momentum", tuple(config.vmapped.momentum),
                 "() unless config.optim.name='sgd' with config.optim.momentum > 0")
-    cc.number(config, "learners_per_group", 0, integer=True)
 
 
 def learner_data(config, coords, pool_labels, num_classes: int):

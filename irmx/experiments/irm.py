@@ -6,6 +6,7 @@ jit(vmap) program and writes the workdir contract; ``run_study`` runs several su
 """
 
 import copy
+import math
 import os
 
 import jax
@@ -18,10 +19,9 @@ from irmx import optim
 from irmx.data import sem as sem_lib
 from irmx.experiments.loop import Program, run_group, run_program
 from irmx.io import workdir as wd
-from irmx.irm import criteria
+from irmx.irm import criteria, plots
 from irmx.irm import gradient_managers as gm
 from irmx.irm import metrics as irm_metrics
-from irmx.irm import plots
 from irmx.learners import axis_from_config, learner_stream, make_init, map_learners
 from irmx.nets import MODELS, make_model
 from irmx.train import init_state, make_chunk, make_step, make_update, sum_terms
@@ -31,12 +31,14 @@ MIXINGS = ("additive", "convex")
 # config.vmapped.<name> -> the injected optimizer hyperparameter it sets
 VMAPPABLE = {"lr": "learning_rate", "penalty_weight": "penalty_weight", "alpha": "alpha",
              "beta": "beta"}
+# (low, high, low_open) of each vmappable (or sampled) value
+AXIS_RANGES = {"lr": (0.0, math.inf, True), "penalty_weight": (0.0, math.inf, False),
+               "alpha": (0.0, math.inf, False), "beta": (0.0, 0.999999, False)}
 TABLE_METRICS = ("causal_error", "noncausal_error", "heldout_mse")
 
 
 def validate(config) -> None:
     """Every value checked before compilation (one line naming key, value and what is allowed)."""
-    cc.learner_seeds(config)
     if config.get("study_order") and not config.get("study"):
         cc.fail("study_order", tuple(config.study_order),
                 "() unless config.study names the experiments it orders")
@@ -74,16 +76,9 @@ def validate(config) -> None:
     cc.multiple_of(config, "num_steps", "chunk_steps")
     cc.number(config, "checkpoint_every", 1, integer=True)
     cc.multiple_of(config, "checkpoint_every", "chunk_steps")
-    for name, values in config.vmapped.items():
-        if name not in VMAPPABLE:
-            cc.fail(f"vmapped.{name}", values, ", ".join(VMAPPABLE))
-        if values:
-            cc.numbers(config, f"vmapped.{name}", 0.0, low_open=name == "lr")
+    cc.learner_axis(config, AXIS_RANGES)
     if config.criterion.mixing == "convex" and config.vmapped.get("penalty_weight"):
         cc.numbers(config, "vmapped.penalty_weight", 0.0, 1.0)
-    if config.vmapped.get("beta"):
-        cc.numbers(config, "vmapped.beta", 0.0, 0.999999)
-    cc.number(config, "learners_per_group", 0, integer=True)
     if config.select_by and config.select_by not in TABLE_METRICS + ("risk", "penalty"):
         cc.fail("select_by", config.select_by, "'' or one of " + ", ".join(TABLE_METRICS))
 
