@@ -28,8 +28,8 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
 from irmx import classify as classify_lib
-from irmx import rng
 from irmx import optim as optim_lib
+from irmx import rng
 from irmx.config_checks import ConfigError
 from irmx.configs.measures import jacobian as jacobian_configs
 from irmx.configs.measures import noisy_classification

@@ -9,9 +9,13 @@ r"""Data-driven measures of trained checkpoints (the seed's compute_stats.py).
 ``checkpoint_epochs[i]`` epochs (-1: every checkpoint). All seeds (and with -1 all
 checkpoints) are measured in one vmapped program. Per-batch JSON goes to
 ``<root>/<name>/<model>/<data>/<setting>/seed-<seed>/<out>-<batch_id>.json`` (the seed's
-layout; out = <metric>_<normalization>_<split>_ckpt-<i>, root = ``output_dir`` or the workdir);
-summary.json holds, per seed and checkpoint, the metric's mean over the measured points (clean
-and label-corrupted training points also separately). A re-run skips finished batches.
+layout; out = <metric>_<normalization>_<split>_ckpt-<i>, root = ``output_dir`` or the workdir).
+The run goes through the one runner as an eval-only program whose learners are the source's
+learners x the measured checkpoints: status.json running -> done | failed (with the error);
+summary.json's ``learners`` hold, per seed and checkpoint, the metric's mean over the measured
+points (clean and label-corrupted training points also separately), its ``grid``, per
+checkpoint, the mean/std/min/max over seeds. A re-run skips finished batches; a re-run of a
+finished workdir does nothing and says so.
 
 Parallel workers: the points are the first ``num_samples`` of one fixed random order, and a
 worker measures points [skip, num_samples). Two workers over 256 points in batches of 128::

@@ -37,6 +37,11 @@ class Program:
     chunk(state_n, data) -> (state_n, metrics_n): ``chunk_steps`` steps, last-step metrics;
         None for an eval-only program (no training steps, no checkpoints)
     evaluate(state_n, data) -> metrics_n: final metrics, per learner
+
+    An eval-only program (``chunk=None``: measures of another run's checkpoints) goes through
+    the same status contract (running, then done or failed), results store and summary; its
+    ``init`` gets the numeric coordinates of the learners that have no stored result yet, and
+    its ``evaluate`` may run a host loop (batches, files of its own) before returning them.
     """
 
     name: str
@@ -52,6 +57,9 @@ class Program:
     select_by: str = ""
     plot: Callable | None = None  # plot(workdir_path, summary, history_rows)
     report: Callable | None = None  # report(summary) -> str, printed after a run
+    # extend_summary(summary) -> dict: the family's own top-level keys (what was measured, ...),
+    # merged into the shared summary (``irmx.learners.summarize``) before summary.json is written
+    extend_summary: Callable | None = None
     model: Any = None  # the flax module (run loader, measures)
     steps_per_epoch: int = 1
     trace_counter: Any = None  # the chunk function whose num_traces counts traces
@@ -238,6 +246,8 @@ def run_program(program: Program, config_dict: dict, workdir: str, progress: boo
             records = [store.get(lid) for lid in ids]
             final, diverged = _stack_results(records)
             summary = summarize(axis, final, diverged, program.select_by, learner_ids=ids)
+            if program.extend_summary is not None:
+                summary.update(program.extend_summary(summary))
             summary.update(name=program.name, family=program.family,
                            num_steps=program.num_steps)
             wd.write_json_atomic(w.file("summary.json"), summary)

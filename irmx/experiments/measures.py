@@ -6,6 +6,13 @@ sample of points, batch by batch, all learners (and checkpoints) in one vmapped 
 batch is written as JSON in the seed's layout, its file name carrying a digest of every setting
 that changes its numbers; a re-run (or another run sharing ``output_dir``) skips the batches
 already written with the same settings.
+
+The run is an eval-only ``Program`` of the one runner (``irmx.experiments.loop``): its learners
+are the source's learners times the measured checkpoints (``measured_axis``), so the workdir
+keeps the contract of every family: status running -> done | failed, one result per (learner,
+checkpoint) in ``DIR/learners/``, summary.json from the shared ``irmx.learners.summarize`` (per
+checkpoint, mean/std/min/max over seeds) and nothing recomputed or rewritten on a re-run of a
+finished workdir.
 """
 
 import hashlib
@@ -20,10 +27,15 @@ from irmx import config_checks as cc
 from irmx import measures, registry, rng
 from irmx.data import images as images_lib
 from irmx.experiments import classify
+from irmx.experiments.loop import Program, Progress, run_program
 from irmx.io import runs
 from irmx.io import workdir as wd
+from irmx.learners import LearnerAxis, zip_factor
 
 SPLITS = ("train", "val", "test")
+# The source data that is per learner (the rest, images and the test split, is shared).
+PER_LEARNER = ("train_idx", "val_idx", "train_labels", "val_labels", "clean_labels",
+               "corrupted", "shuffle_key")
 
 
 SOURCE_KIND = "a classifier training run (a launch/train.py workdir)"
@@ -140,7 +152,34 @@ def sample_order(config, num_points: int) -> np.ndarray:
     return np.asarray(jax.random.permutation(key, num_points))[: config.num_samples]
 
 
-def run(config, workdir: str, progress: bool = True) -> dict:
+def measured_axis(source_axis: LearnerAxis, ckpts, epochs) -> LearnerAxis:
+    """The measures run's learners: each learner of the source run (its seeds x grid) at each
+    measured checkpoint, the checkpoint (with its epoch) the fastest factor. A summary row is
+    one (learner, checkpoint); its grid, per checkpoint, is the statistics over seeds."""
+    return LearnerAxis((*source_axis.factors, zip_factor(
+        {"checkpoint": tuple(ckpts), "epoch": tuple(int(epochs[c]) for c in ckpts)})))
+
+
+def _indices_of(axis: LearnerAxis, coords) -> np.ndarray:
+    """Axis positions of the learners whose numeric coordinates are ``coords`` (what the
+    runner hands ``init``: name -> array (m,)); every learner of ``axis`` when None."""
+    if coords is None:
+        return np.arange(axis.size)
+    table = axis.numeric_coords()
+    hits = np.all([table[k][:, None] == np.asarray(v)[None, :] for k, v in coords.items()], 0)
+    if not np.all(hits.sum(0) == 1):
+        raise ValueError("measures: the learners' numeric coordinates do not name them uniquely")
+    return np.argmax(hits, 0)
+
+
+def build_program(config, workdir: str, progress: bool = True) -> Program:
+    """The measures run as an eval-only ``Program`` (``chunk=None``) over ``measured_axis``:
+    ``init`` restores the asked learners' checkpoints and their data, ``evaluate`` measures
+    them batch by batch, writing (or reusing) the per-batch JSON files and one metrics.jsonl
+    row per batch and learner, and returns per learner the metric's mean over the points, over
+    clean / label-corrupted training points (NaN when none), the fraction of converged power
+    iterations and the number of points. Every bad value fails here, before anything is
+    compiled or ``workdir`` is created."""
     validate(config)
     source = load_source(config)
     train_config = source.config
@@ -165,13 +204,109 @@ def run(config, workdir: str, progress: bool = True) -> dict:
     one_output = config.normalization == "crossentropy" or config.target_logit_only
     mode = config.mode or measures.default_mode(
         config.metric, 1 if one_output else dataset["num_classes"])
-    with wd.Workdir(workdir, config.to_dict()) as w:
-        data = source.data()
-        # the model's variables (params and any BatchNorm statistics) of every checkpoint
-        params_CxN = jax.tree.map(lambda *xs: jnp.stack(xs),
-                                  *[source.variables(steps[i]) for i in ckpts])
-        return _measure(config, train_config, source, data, params_CxN, ckpts, mode, w,
-                        progress)
+    axis = measured_axis(source.axis, ckpts, train_config.checkpoint_epochs)
+    model = source.model
+    apply_fn = lambda variables, x: model.apply(variables, x, train=False)
+
+    def one(params, xb, yb, key):
+        out = measures.compute_metric(
+            config.metric, apply_fn, params, xb, yb, normalization=config.normalization,
+            mode=mode, target_logit_only=config.target_logit_only, key=key, tol=config.tol,
+            atol=config.atol, max_iters=config.max_iters, num_probes=config.num_probes)
+        conv = out.get("converged")
+        return out["values"], (jnp.ones_like(out["values"], bool) if conv is None else conv)
+
+    in_pts = None if config.dataset_split == "test" else 0
+    per_learner = jax.jit(jax.vmap(one, in_axes=(0, in_pts, in_pts, None)))
+
+    def init(coords=None):
+        """Variables of learner (source learner n, checkpoint c) for each asked learner, and
+        the data of its source learner (split, trained-on labels, corruption flags)."""
+        index = _indices_of(axis, coords)
+        src, ckpt = np.divmod(index, len(ckpts))
+        learners, src_pos = np.unique(src, return_inverse=True)
+        used, ckpt_pos = np.unique(ckpt, return_inverse=True)
+        # the model's variables (params and any BatchNorm statistics) of those checkpoints
+        variables = jax.tree.map(lambda *xs: jnp.stack(xs), *[
+            source.variables(steps[ckpts[c]], learners=[int(n) for n in learners])
+            for c in used])
+        variables = jax.tree.map(lambda a: a[ckpt_pos, src_pos], variables)
+        data = jax.device_get(source.program.init(
+            source.axis.numeric_coords(learners))[1])
+        data = {k: (np.asarray(v)[src_pos] if k in PER_LEARNER else v) for k, v in data.items()}
+        return {"variables": variables, "index": index, "source": src}, data
+
+    root = os.path.abspath(workdir)
+    ids = axis.learner_ids(config.to_dict())
+    rows = axis.rows
+    source_rows = source.axis.rows
+    epochs = train_config.checkpoint_epochs
+
+    def evaluate(state, data):
+        index, src = state["index"], state["source"]
+        available = _num_points(config, data)
+        if config.num_samples > available:
+            cc.fail("num_samples", config.num_samples,
+                    f"at most the {available} points of the {config.dataset_split} split")
+        order = sample_order(config, available)
+        # the file's identity: the source learner's coordinates (the checkpoint is in its name)
+        identities = [result_identity(config, train_config, source_rows[n]) for n in src]
+        batch_ids = range(config.skip // config.batch_size,
+                          config.num_samples // config.batch_size)
+        # keep every row: a re-run appends rows only for batches it computes
+        writer = wd.MetricsWriter(os.path.join(root, "metrics.jsonl"),
+                                  resume_step=config.num_samples // config.batch_size)
+        bar = Progress(config.name, len(batch_ids), progress)
+        results = [[] for _ in index]
+        try:
+            for k, b in enumerate(batch_ids):
+                idx = order[b * config.batch_size:(b + 1) * config.batch_size]
+                paths = [batch_path(root, config, train_config, rows[i]["seed"],
+                                    rows[i]["checkpoint"], b, source_rows[n])
+                         for i, n in zip(index, src)]
+                done = _reusable(paths, identities)
+                if done is None:
+                    done = _measure_batch(config, data, state["variables"], idx, b, mode,
+                                          per_learner, [rows[i] for i in index], identities)
+                    for path, record in zip(paths, done):
+                        wd.write_json_atomic(path, record)
+                    writer.write([{"step": b, "learner": int(i), "learner_id": ids[i],
+                                   **rows[i], config.metric: rec["mean"]}
+                                  for i, rec in zip(index, done)])
+                for out, rec in zip(results, done):
+                    out.append(rec)
+                bar.update(k + 1, f"batch {b}")
+        finally:
+            writer.close()
+            bar.done()
+        return _learner_metrics(config.metric, results)
+
+    return Program(
+        name=config.name,
+        family="measures",
+        axis=axis,
+        init=init,
+        evaluate=evaluate,
+        chunk=None,
+        report=format_summary,
+        model=model,
+        extend_summary=lambda summary: {
+            "metric": config.metric, "normalization": config.normalization, "mode": mode,
+            "split": config.dataset_split, "source": source.path,
+            "checkpoint_epochs": [int(epochs[c]) for c in ckpts]},
+    )
+
+
+def run(config, workdir: str, progress: bool = True) -> dict:
+    """Measure ``config.source``'s checkpoints into ``workdir`` through the one runner
+    (``irmx.experiments.loop.run_program``): status running -> done | failed, one stored result
+    per (learner, checkpoint), summary.json from the shared ``summarize``; a finished workdir
+    is left as it is ("nothing to do")."""
+    program = build_program(config, workdir, progress)
+    summary = run_program(program, config.to_dict(), workdir, progress)
+    if summary and progress:
+        print(format_summary(summary))
+    return summary
 
 
 def _split_batch(config, data, idx):
@@ -193,116 +328,77 @@ def _num_points(config, data) -> int:
     return data["train_idx" if split == "train" else "val_idx"].shape[1]
 
 
-def _measure(config, train_config, source, data, params_CxN, ckpts, mode, w, progress):
-    axis = source.axis
-    model = source.model
-    apply_fn = lambda variables, x: model.apply(variables, x, train=False)
-    shared_points = config.dataset_split == "test"
-    available = _num_points(config, data)
-    if config.num_samples > available:
-        cc.fail("num_samples", config.num_samples,
-                f"at most the {available} points of the {config.dataset_split} split")
-    order = sample_order(config, available)
-    seeds = axis.coords["seed"]
-    coords = [axis.coords_of(n) for n in range(axis.size)]
-    identities = [result_identity(config, train_config, c) for c in coords]
-
-    def one(params, xb, yb, key):
-        out = measures.compute_metric(
-            config.metric, apply_fn, params, xb, yb, normalization=config.normalization,
-            mode=mode, target_logit_only=config.target_logit_only, key=key, tol=config.tol,
-            atol=config.atol, max_iters=config.max_iters, num_probes=config.num_probes)
-        conv = out.get("converged")
-        return out["values"], (jnp.ones_like(out["values"], bool) if conv is None else conv)
-
-    in_pts = None if shared_points else 0
-    per_learner = jax.vmap(one, in_axes=(0, in_pts, in_pts, None))
-    per_ckpt = jax.jit(jax.vmap(per_learner, in_axes=(0, None, None, None)))
-
-    results = {}
-    batch_ids = range(config.skip // config.batch_size, config.num_samples // config.batch_size)
-    # keep every row: a re-run appends rows only for batches it computes
-    writer = wd.MetricsWriter(w.file("metrics.jsonl"),
-                              resume_step=config.num_samples // config.batch_size)
-    for b in batch_ids:
-        idx = order[b * config.batch_size:(b + 1) * config.batch_size]
-        paths = {(c, n): batch_path(w.path, config, train_config, int(seeds[n]), c, b,
-                                    coords[n])
-                 for c in ckpts for n in range(axis.size)}
-        done = _reusable(paths, identities)
-        if done is None:
-            xb, yb, corrupted = _split_batch(config, data, idx)
-            key = jax.random.fold_in(rng.stream(config.mc_sample_seed, "mc_sample"), b)
-            values, conv = jax.device_get(per_ckpt(params_CxN, xb, yb, key))
-            done = {}
-            for ci, c in enumerate(ckpts):
-                for n in range(axis.size):
-                    corr = corrupted[n] if corrupted is not None else np.zeros(len(idx), bool)
-                    record = {
-                        "metric": config.metric, "normalization": config.normalization,
-                        "mode": mode, "checkpoint": c, "seed": int(seeds[n]), "batch_id": b,
-                        "split": config.dataset_split, "indices": idx.tolist(),
-                        "values": values[ci, n].tolist(), "converged": conv[ci, n].tolist(),
-                        "corrupted": corr.tolist(), "mean": float(np.mean(values[ci, n])),
-                        "identity": identities[n],
-                    }
-                    wd.write_json_atomic(paths[(c, n)], record)
-                    done[(c, n)] = record
-            writer.write([{"step": b, "learner": n, "seed": int(seeds[n]), "checkpoint": c,
-                           config.metric: done[(c, n)]["mean"]} for (c, n) in done])
-        for k, rec in done.items():
-            results.setdefault(k, []).append(rec)
-        if progress:
-            print(f"[measures] batch {b + 1}/{len(batch_ids)}", flush=True)
-    writer.close()
-    summary = summarize(config, train_config, axis, ckpts, results)
-    wd.write_json_atomic(w.file("summary.json"), summary)
-    w.set_status("done", len(batch_ids))
-    if progress:
-        print(format_summary(summary))
-    return summary
+def _measure_batch(config, data, variables_M, idx, b, mode, per_learner, rows, identities):
+    """One batch of points ``idx`` for the M learners: their per-batch records (seed layout)."""
+    xb, yb, corrupted = _split_batch(config, data, idx)
+    key = jax.random.fold_in(rng.stream(config.mc_sample_seed, "mc_sample"), b)
+    values, conv = jax.device_get(per_learner(variables_M, xb, yb, key))
+    records = []
+    for j, row in enumerate(rows):
+        corr = corrupted[j] if corrupted is not None else np.zeros(len(idx), bool)
+        records.append({
+            "metric": config.metric, "normalization": config.normalization, "mode": mode,
+            "checkpoint": row["checkpoint"], "seed": row["seed"], "batch_id": b,
+            "split": config.dataset_split, "indices": idx.tolist(),
+            "values": values[j].tolist(), "converged": conv[j].tolist(),
+            "corrupted": corr.tolist(), "mean": float(np.mean(values[j])),
+            "identity": identities[j],
+        })
+    return records
 
 
-def _reusable(paths: dict, identities: list):
-    """The records of a batch already measured with these settings (every learner and
-    checkpoint), else None."""
-    if not all(os.path.exists(p) for p in paths.values()):
+def _reusable(paths: list, identities: list):
+    """The records of a batch already measured with these settings (every learner), else
+    None."""
+    if not all(os.path.exists(p) for p in paths):
         return None
-    done = {k: wd.read_json(p) for k, p in paths.items()}
-    same = all(rec.get("identity") == wd.to_json(identities[n]) for (_, n), rec in done.items())
+    done = [wd.read_json(p) for p in paths]
+    same = all(rec.get("identity") == wd.to_json(ident) for rec, ident in zip(done, identities))
     return done if same else None
 
 
-def summarize(config, train_config, axis, ckpts, results) -> dict:
-    """Per seed and checkpoint: the metric's mean over the measured points (and over clean /
-    label-corrupted training points), the fraction of converged power iterations."""
-    learners = []
-    for (c, n), recs in sorted(results.items()):
+def _learner_metrics(metric: str, results: list) -> dict:
+    """Per learner, from its batch records: the metric's mean over the measured points and over
+    clean / label-corrupted training points (NaN when there are none), the fraction of converged
+    power iterations, the number of points."""
+    out = {k: [] for k in (metric, f"{metric}_clean", f"{metric}_corrupted",
+                           "converged_fraction", "num_points")}
+    for recs in results:
         v = np.concatenate([r["values"] for r in recs])
         corr = np.concatenate([r["corrupted"] for r in recs]).astype(bool)
         conv = np.concatenate([r["converged"] for r in recs]).astype(bool)
-        row = {"seed": int(axis.coords["seed"][n]), "learner": n, "checkpoint": c,
-               "epoch": int(train_config.checkpoint_epochs[c]), "num_points": int(v.size),
-               config.metric: float(v.mean()), "converged_fraction": float(conv.mean())}
-        row[f"{config.metric}_clean"] = float(v[~corr].mean()) if (~corr).any() else None
-        row[f"{config.metric}_corrupted"] = float(v[corr].mean()) if corr.any() else None
-        learners.append(row)
-    per_ckpt = {}
-    for c in ckpts:
-        vals = np.array([r[config.metric] for r in learners if r["checkpoint"] == c])
-        per_ckpt[str(c)] = {"mean": float(vals.mean()), "std": float(vals.std()),
-                            "min": float(vals.min()), "max": float(vals.max()),
-                            "n": int(vals.size)}
-    return {"metric": config.metric, "normalization": config.normalization,
-            "split": config.dataset_split, "learners": learners, "checkpoints": per_ckpt}
+        out[metric].append(v.mean())
+        out[f"{metric}_clean"].append(v[~corr].mean() if (~corr).any() else np.nan)
+        out[f"{metric}_corrupted"].append(v[corr].mean() if corr.any() else np.nan)
+        out["converged_fraction"].append(conv.mean())
+        out["num_points"].append(v.size)
+    return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+def _num(v) -> str:
+    ok = v is not None and np.isfinite(v)
+    return f"{v:>12.4f}" if ok else f"{'-':>12}"
 
 
 def format_summary(summary: dict) -> str:
+    """Per (seed, checkpoint): the metric's mean over the points, over clean and over
+    label-corrupted ones; then per checkpoint (and grid point) the mean +- std over seeds."""
     m = summary["metric"]
+    grid_names = [n for n in summary["axis"] if n not in ("seed", "checkpoint", "epoch")]
+    label = lambda r: ",".join(f"{n}={r[n]:g}" for n in grid_names)
+    col = max([len(label(r)) for r in summary["learners"]] + [7]) + 2 if grid_names else 0
     lines = [f"{m} ({summary['normalization']}, {summary['split']} split): mean over points",
-             f"{'seed':>6}{'ckpt':>6}{'epoch':>7}{m:>26}{'clean':>12}{'corrupted':>12}"]
+             f"{'seed':>6}{'ckpt':>6}{'epoch':>7}" + (f"{'learner':>{col}}" if col else "")
+             + f"{m:>26}{'clean':>12}{'corrupted':>12}"]
     for r in summary["learners"]:
-        fmt = lambda v: f"{v:>12.4f}" if v is not None else f"{'-':>12}"
-        lines.append(f"{r['seed']:>6}{r['checkpoint']:>6}{r['epoch']:>7}{r[m]:>26.5f}"
-                     f"{fmt(r[m + '_clean'])}{fmt(r[m + '_corrupted'])}")
+        lines.append(f"{r['seed']:>6}{r['checkpoint']:>6}{r['epoch']:>7}"
+                     + (f"{label(r):>{col}}" if col else "") + f"{r[m]:>26.5f}"
+                     f"{_num(r[m + '_clean'])}{_num(r[m + '_corrupted'])}")
+    lines.append(f"over seeds (mean +- std of {m}):")
+    for g in summary["grid"]:
+        s = g[m]
+        where = ", ".join([f"ckpt {g['checkpoint']} (epoch {g['epoch']})"]
+                          + [f"{n}={g[n]:g}" for n in grid_names])
+        value = "-" if s["mean"] is None else f"{s['mean']:.5f} +- {s['std']:.5f}"
+        lines.append(f"  {where}: {value} ({s['n']} seeds)")
     return "\n".join(lines)
