@@ -20,7 +20,7 @@ and ``select_by=heldout_mse`` picks the smallest penalty weight on FEU.
 
 import ml_collections
 
-from irmx.config_args import parse_arg
+from irmx.config_args import learner_axis_fields, parse_arg
 
 EXPERIMENTS = ("base_erm", "base_erm_oracle", "irmv1", "adareg_simple", "adareg")
 
@@ -67,20 +67,9 @@ def _base():
     c.chunk_steps = 100  # steps per lax.scan chunk (one host sync and one metrics point)
     c.checkpoint_every = 1000  # steps between checkpoints (a multiple of chunk_steps)
 
-    c.vmapped = ml_collections.ConfigDict()  # values run as one vmapped grid; () = not vmapped
-    c.vmapped.lr = ()
-    c.vmapped.penalty_weight = ()
-    c.vmapped.alpha = ()
-    c.vmapped.beta = ()
-    # N random draws per seed (same draws when num grows): sampled.<name> = (low, high[, "log"])
-    c.sampled = ml_collections.ConfigDict()
-    c.sampled.num = 0  # draws; 0 = no sampled factor
-    c.sampled.seed = -1  # seed of the draws (-1: config.seed)
-    c.sampled.lr = ()
-    c.sampled.penalty_weight = ()
-    c.sampled.alpha = ()
-    c.sampled.beta = ()
-    c.learners_per_group = 0  # vmap groups of this many learners, lax.map across (0: all)
+    # the learner axis beyond the seeds: vmapped.<name> = (v1, ...) as a product grid, or
+    # sampled.num draws per seed from sampled.<name> = (low, high[, "log"]); learners_per_group
+    learner_axis_fields(c, ("lr", "penalty_weight", "alpha", "beta"))
     c.select_by = ""  # per seed, pick the grid point with the lowest of this metric
     return c
 

@@ -15,7 +15,7 @@ Checkpoint i is the model after ``checkpoint_epochs[i]`` epochs (0 = initialisat
 
 import ml_collections
 
-from irmx.config_args import parse_arg
+from irmx.config_args import learner_axis_fields, parse_arg
 
 
 def get_config(arg=None):
@@ -61,20 +61,9 @@ def get_config(arg=None):
     c.checkpoint_epochs = (0, 60)  # numbered checkpoints: checkpoint i = after these epochs
     c.checkpoint_every = 10  # epochs between resume checkpoints
 
-    c.vmapped = ml_collections.ConfigDict()
-    c.vmapped.lr = ()
-    c.vmapped.weight_decay = ()
-    c.vmapped.momentum = ()  # sgd momentum values (with optim.momentum > 0)
-    c.vmapped.label_noise = ()  # label-noise fractions, one data set per value and seed
-    # N random draws per seed (same draws when num grows): sampled.<name> = (low, high[, "log"])
-    c.sampled = ml_collections.ConfigDict()
-    c.sampled.num = 0  # draws; 0 = no sampled factor
-    c.sampled.seed = -1  # seed of the draws (-1: config.seed)
-    c.sampled.lr = ()
-    c.sampled.weight_decay = ()
-    c.sampled.momentum = ()
-    c.sampled.label_noise = ()
-    c.learners_per_group = 0  # vmap groups of this many learners, lax.map across (0: all)
+    # the learner axis beyond the seeds: vmapped.<name> = (v1, ...) as a product grid, or
+    # sampled.num draws per seed from sampled.<name> = (low, high[, "log"]); learners_per_group
+    learner_axis_fields(c, ("lr", "weight_decay", "momentum", "label_noise"))
 
     for part in a.variants:
         if part == "digits":
