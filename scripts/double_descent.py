@@ -21,8 +21,8 @@ import numpy as np
 
 from irmx.configs.measures import jacobian, noisy_classification
 from irmx.experiments import classify, measures
-from irmx.io import plots
 from irmx.io import workdir as wd
+from irmx.measures import plots
 
 
 def main():

@@ -15,6 +15,7 @@ from irmx import config_checks as cc
 from irmx import optim, registry
 from irmx.data import images as images_lib
 from irmx.experiments.loop import Program, run_program
+from irmx.io import tables
 from irmx.learners import axis_from_config, learner_stream, make_init, map_learners
 from irmx.nets.classifiers import make_classifier
 from irmx.train import init_state, make_chunk, make_step, make_update
@@ -44,7 +45,8 @@ def validate(config, num_pool=None) -> None:
                 f"train_split + val_split (= {config.data.train_split + config.data.val_split})"
                 f" at most the {num_pool} training images of {config.data.name}")
     cc.choice(config, "model.batchnorm", (True, False))
-    make_classifier(config.model.name, 10)  # unknown names fail here, naming the key
+    with cc.config_keys(name="model.name", batchnorm="model.batchnorm"):
+        make_classifier(config.model.name, 10, batchnorm=config.model.batchnorm)
     cc.choice(config, "optim.name", ("sgd", "adam"))
     cc.number(config, "optim.lr", 0.0, low_open=True)
     cc.number(config, "optim.momentum", 0.0, 1.0, high_open=True)
@@ -57,8 +59,10 @@ def validate(config, num_pool=None) -> None:
                 f"at most data.train_split={config.data.train_split}")
     cc.number(config, "epochs", 1, integer=True)
     cc.number(config, "eval_every", 1, integer=True)
-    registry.evaluator_metric_names(evaluator_specs(config))  # names, types and options
     cc.number(config, "eval_batch_size", 1, integer=True)
+    with cc.config_keys(specs="evals"):  # types, options and splits (built, not traced)
+        registry.make_evaluators(evaluator_specs(config), apply_fn=None, splits=SPLITS,
+                                 batch_size=config.eval_batch_size)
     cc.numbers(config, "checkpoint_epochs", 0, config.epochs, min_len=1, integer=True)
     if list(config.checkpoint_epochs) != sorted(set(config.checkpoint_epochs)):
         cc.fail("checkpoint_epochs", config.checkpoint_epochs, "strictly increasing epochs")
@@ -223,12 +227,10 @@ def run(config, workdir: str, progress: bool = True, max_chunks=None) -> dict:
 
 
 def format_summary(summary: dict) -> str:
-    lines = [f"{summary['name']}: final metrics per learner"]
+    """Final accuracies and test loss per learner (its coordinates as the label)."""
     keys = [k for k in ("train_accuracy", "train_clean_accuracy", "val_accuracy",
                         "test_accuracy", "test_loss") if k in summary["learners"][0]]
-    lines.append(f"{'learner':<24}" + "".join(f"{k:>22}" for k in keys))
-    for r in summary["learners"]:
-        label = ",".join(f"{n}={r[n]:g}" for n in summary["axis"])
-        cells = "".join(f"{r[k]:>22.4f}" if r[k] is not None else f"{'-':>22}" for k in keys)
-        lines.append(f"{label:<24}{cells}")
-    return "\n".join(lines)
+    label = lambda r: ",".join(f"{n}={r[n]:g}" for n in summary["axis"])
+    return tables.format_table(("learner", *keys),
+                               [(label(r), *[r[k] for k in keys]) for r in summary["learners"]],
+                               title=f"{summary['name']}: final metrics per learner")

@@ -18,6 +18,7 @@ from irmx import config_checks as cc
 from irmx import optim
 from irmx.data import sem as sem_lib
 from irmx.experiments.loop import Program, run_group, run_program
+from irmx.io import tables
 from irmx.io import workdir as wd
 from irmx.irm import criteria, plots
 from irmx.irm import gradient_managers as gm
@@ -235,17 +236,9 @@ def table_row(summary: dict) -> dict:
 
 def format_table(rows: dict) -> str:
     """One line per experiment: mean +- std over seeds of each table metric."""
-    width = max([18] + [len(n) + 2 for n in rows])
-    head = f"{'experiment':<{width}}" + "".join(f"{m:>24}" for m in TABLE_METRICS)
-    lines = [head, "-" * len(head)]
-    for name, row in rows.items():
-        cells = "".join(
-            f"{'diverged':>24}" if row[m]["mean"] is None
-            else f"{row[m]['mean']:>13.4f} +- {row[m]['std']:<7.4f}"
-            for m in TABLE_METRICS
-        )
-        lines.append(f"{name:<{width}}{cells}")
-    return "\n".join(lines)
+    return tables.format_table(
+        ("experiment", *TABLE_METRICS),
+        [(name, *[tables.mean_std(row[m]) for m in TABLE_METRICS]) for name, row in rows.items()])
 
 
 def run_study(config, workdir: str, progress: bool = True) -> dict:

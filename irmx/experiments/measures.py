@@ -28,7 +28,7 @@ from irmx import measures, registry, rng
 from irmx.data import images as images_lib
 from irmx.experiments import classify
 from irmx.experiments.loop import Program, Progress, run_program
-from irmx.io import runs
+from irmx.io import runs, tables
 from irmx.io import workdir as wd
 from irmx.learners import LearnerAxis, zip_factor
 
@@ -375,25 +375,20 @@ def _learner_metrics(metric: str, results: list) -> dict:
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
-def _num(v) -> str:
-    ok = v is not None and np.isfinite(v)
-    return f"{v:>12.4f}" if ok else f"{'-':>12}"
-
-
 def format_summary(summary: dict) -> str:
     """Per (seed, checkpoint): the metric's mean over the points, over clean and over
     label-corrupted ones; then per checkpoint (and grid point) the mean +- std over seeds."""
     m = summary["metric"]
     grid_names = [n for n in summary["axis"] if n not in ("seed", "checkpoint", "epoch")]
     label = lambda r: ",".join(f"{n}={r[n]:g}" for n in grid_names)
-    col = max([len(label(r)) for r in summary["learners"]] + [7]) + 2 if grid_names else 0
-    lines = [f"{m} ({summary['normalization']}, {summary['split']} split): mean over points",
-             f"{'seed':>6}{'ckpt':>6}{'epoch':>7}" + (f"{'learner':>{col}}" if col else "")
-             + f"{m:>26}{'clean':>12}{'corrupted':>12}"]
-    for r in summary["learners"]:
-        lines.append(f"{r['seed']:>6}{r['checkpoint']:>6}{r['epoch']:>7}"
-                     + (f"{label(r):>{col}}" if col else "") + f"{r[m]:>26.5f}"
-                     f"{_num(r[m + '_clean'])}{_num(r[m + '_corrupted'])}")
+    header = ("seed", "ckpt", "epoch", *(("learner",) if grid_names else ()), m, "clean",
+              "corrupted")
+    rows = [(r["seed"], r["checkpoint"], r["epoch"], *((label(r),) if grid_names else ()),
+             r[m], r[m + "_clean"], r[m + "_corrupted"]) for r in summary["learners"]]
+    table = tables.format_table(
+        header, rows, rule=False, digits=5,
+        title=f"{m} ({summary['normalization']}, {summary['split']} split): mean over points")
+    lines = [table]
     lines.append(f"over seeds (mean +- std of {m}):")
     for g in summary["grid"]:
         s = g[m]
