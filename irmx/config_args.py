@@ -98,10 +98,12 @@ def _allowed(variants, defaults) -> str:
 
 def learner_axis_fields(c: ml_collections.ConfigDict, names) -> None:
     """Add the learner-axis fields (``irmx.learners``) for the vmappable ``names`` to a config:
-    ``vmapped.<name> = ()`` (a product factor when given values), ``sampled.num`` draws
+    ``vmapped.<name> = ()`` (a product factor when given values), ``zipped.<name>`` (value
+    lists of one length walked together: one factor), ``sampled.num`` draws
     (``sampled.seed``: -1 = ``config.seed``) from ``sampled.<name> = (low, high[, "log"])``,
     and ``learners_per_group`` (vmap groups of that many learners, ``lax.map`` across; 0 = all).
     """
     c.vmapped = ml_collections.ConfigDict({n: () for n in names})
+    c.zipped = ml_collections.ConfigDict({n: () for n in names})
     c.sampled = ml_collections.ConfigDict({"num": 0, "seed": -1, **{n: () for n in names}})
     c.learners_per_group = 0

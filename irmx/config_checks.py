@@ -121,6 +121,7 @@ def learner_seeds(config) -> None:
 
 def learner_axis(config, ranges) -> None:
     """The learner axis beyond the seeds (``irmx.learners``): ``vmapped.<name>`` value lists,
+    ``zipped.<name>`` lists of one length,
     ``sampled.num`` draws from ``sampled.<name> = (low, high[, "log" | "linear" | "int"])``
     and ``learners_per_group``. ``ranges``: vmappable name -> (low, high, low_open); a name
     may be vmapped or sampled, not both; values distinct (one learner each)."""
@@ -134,6 +135,20 @@ def learner_axis(config, ranges) -> None:
             numbers(config, f"vmapped.{name}", low, high, low_open=low_open)
             if len(set(values)) != len(values):
                 fail(f"vmapped.{name}", tuple(values), "distinct values (one learner each)")
+    zipped = {n: v for n, v in (config.get("zipped", {}) or {}).items() if v}
+    for name, values in zipped.items():
+        key = f"zipped.{name}"
+        if name not in ranges:
+            fail(key, values, "a name among " + ", ".join(ranges))
+        if vmapped.get(name):
+            fail(key, tuple(values), f"() while config.vmapped.{name} is set")
+        low, high, low_open = ranges[name]
+        numbers(config, key, low, high, low_open=low_open)
+    lengths = {n: len(v) for n, v in zipped.items()}
+    if len(set(lengths.values())) > 1:
+        name = sorted(zipped)[-1]
+        fail(f"zipped.{name}", tuple(zipped[name]),
+             f"value lists of one length for every zipped name (lengths: {lengths})")
     sampled = config.get("sampled", None)
     if sampled is not None:
         number(config, "sampled.num", 0, 1_000_000, integer=True)
@@ -144,8 +159,9 @@ def learner_axis(config, ranges) -> None:
             key = f"sampled.{name}"
             if name not in ranges:
                 fail(key, spec, "a name among " + ", ".join(ranges))
-            if vmapped.get(name):
-                fail(key, spec, f"() while config.vmapped.{name} is set (vmapped or sampled)")
+            if vmapped.get(name) or zipped.get(name):
+                fail(key, spec, f"() while config.vmapped.{name} or config.zipped.{name} is "
+                     "set (one factor per name)")
             low, high, low_open = ranges[name]
             scale = spec[2] if len(spec) == 3 else "linear"
             ok = (isinstance(spec, (list, tuple)) and len(spec) in (2, 3)

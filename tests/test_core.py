@@ -597,3 +597,21 @@ def test_sampled_axis_from_a_config_routes_to_the_optimizer():
     c.sampled.lr = (0.1, 0.01)
     with pytest.raises(config_checks.ConfigError, match=r"config\.sampled\.lr=\(0\.1, 0\.01\)"):
         irm.build_program(c)
+
+
+def test_zipped_axis_from_a_config():
+    from irmx import config_checks
+
+    c = regression.get_config("irmv1,smoke")
+    c.num_seeds = 2
+    c.zipped.lr, c.zipped.penalty_weight = (0.01, 0.1), (10.0, 100.0)
+    program = irm.build_program(c)
+    assert program.axis.shape == (2, 2)
+    assert [(r["lr"], r["penalty_weight"]) for r in program.axis.rows[:2]] == [
+        (0.01, 10.0), (0.1, 100.0)]
+    state, _ = program.init()
+    np.testing.assert_allclose(state.opt_state.hyperparams["penalty_weight"],
+                               [10.0, 100.0, 10.0, 100.0])
+    c.zipped.penalty_weight = (10.0,)
+    with pytest.raises(config_checks.ConfigError, match="one length"):
+        irm.build_program(c)
