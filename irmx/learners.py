@@ -119,9 +119,6 @@ class LearnerAxis:
         idx = np.arange(self.size) if indices is None else np.asarray(indices)
         return {n: v[idx] for n, v in c.items() if v.dtype.kind in "biuf"}
 
-    def seed_array(self) -> jax.Array:
-        return jnp.asarray(self.coords["seed"], jnp.uint32)
-
     def to_grid(self, x):
         """Reshape a leading learner axis N to (S, F1, ...), leaf by leaf."""
         return jax.tree.map(lambda a: np.asarray(a).reshape(self.shape + np.shape(a)[1:]), x)

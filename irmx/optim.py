@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping
 import jax.numpy as jnp
 import optax
 
+from irmx.errors import ArgumentError
+
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -47,7 +49,7 @@ def make_optimizer(name: str, learning_rate: float, *, momentum: float = 0.0,
     (sgd with momentum > 0) and the combiner's names. ``momentum=0`` builds plain sgd.
     """
     if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer {name!r} unknown; allowed: {', '.join(OPTIMIZERS)}")
+        raise ArgumentError("make_optimizer", "name", name, "one of " + ", ".join(OPTIMIZERS))
     combiner_hparams = dict(combiner_hparams or {})
     use_momentum = name == "sgd" and momentum > 0
 

@@ -30,7 +30,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from irmx.config_checks import ConfigError, fail
+from irmx.config_checks import ConfigError
+from irmx.errors import ArgumentError
 
 KINDS = ("metric", "evaluator", "property", "task")
 _BUILTINS = {"metric": ("irmx.measures.metrics",), "evaluator": ("irmx.measures.evaluators",)}
@@ -130,11 +131,19 @@ def register_evaluator(type_name: str, *, keys, options: Mapping[str, Any] = ())
     return deco
 
 
+def spec_error(name: str, option: str, value, allowed: str) -> ArgumentError:
+    """The error of ``option`` of evaluator ``name``'s spec: path ``specs.<name>.<option>`` (a
+    driver maps ``specs`` to where its specs live, e.g. ``config.evals``)."""
+    return ArgumentError(f"evaluator {name!r}", option, value, allowed,
+                         path=f"specs.{name}.{option}")
+
+
 def _spec_dict(name: str, spec) -> dict:
     if hasattr(spec, "to_dict"):  # ml_collections.ConfigDict
         spec = spec.to_dict()
     if not isinstance(spec, Mapping):
-        fail(f"evals.{name}", spec, 'a dict such as {"type": "classification", ...}')
+        raise ArgumentError(f"evaluator {name!r}", "spec", spec,
+                            'a dict such as {"type": "classification", ...}', path=f"specs.{name}")
     return dict(spec)
 
 
@@ -144,20 +153,20 @@ def resolve_spec(name: str, spec) -> tuple[EvaluatorType, dict]:
     spec = _spec_dict(name, spec)
     types = names("evaluator")
     if spec.get("type") not in types:
-        fail(f"evals.{name}.type", spec.get("type"), "one of " + ", ".join(types))
+        raise spec_error(name, "type", spec.get("type"), "one of " + ", ".join(types))
     kind = _REGISTRY["evaluator"][spec["type"]]
     allowed = {**COMMON_OPTIONS, **kind.options}
     for key in spec:
         if key not in allowed:
-            fail(f"evals.{name}.{key}", spec[key],
-                 f"an option of a {spec['type']!r} evaluator: " + ", ".join(allowed))
+            raise spec_error(name, key, spec[key],
+                             f"an option of a {spec['type']!r} evaluator: " + ", ".join(allowed))
     full = {k: spec.get(k, default) for k, default in allowed.items()}
     missing = [k for k, v in full.items() if v is REQUIRED]
     if missing:
-        fail(f"evals.{name}.{missing[0]}", None, f"a value (required by {spec['type']!r})")
+        raise spec_error(name, missing[0], None, f"a value (required by {spec['type']!r})")
     every = full["every"]
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-        fail(f"evals.{name}.every", every, "an integer >= 1")
+        raise spec_error(name, "every", every, "an integer >= 1")
     return kind, full
 
 
@@ -187,12 +196,12 @@ def _items(specs):
     return list(specs.items())
 
 
-def evaluator_metric_names(spec_by_name) -> tuple[str, ...]:
+def evaluator_metric_names(specs) -> tuple[str, ...]:
     """The metric names an evaluator set produces (``<name>_<key>`` of every entry, in the
     specs' order), from the specs alone (no data, no model): a jitted chunk fills them with NaN
     when not due."""
     out = []
-    for name, spec in _items(spec_by_name):
+    for name, spec in _items(specs):
         kind, _ = resolve_spec(name, spec)
         out.extend(f"{name}_{k}" for k in kind.keys)
     return tuple(out)

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from irmx.config_checks import ConfigError
+from irmx.errors import ArgumentError
 from irmx.nets import make_model
 from irmx.nets.classifiers import MCNN, MLPClassifier, ResNet18K, make_classifier
 
@@ -309,20 +309,25 @@ def test_registry_rejects_unknown_names(name):
     with pytest.raises(ValueError) as err:
         make_classifier(name, 10)
     msg = str(err.value)
-    assert "config.model.name" in msg and repr(name) in msg
+    assert msg.startswith(f"make_classifier: name={name!r} is invalid; allowed: one of ")
     assert "resnet18_<k>" in msg and "cnn5_<k>" in msg and "mlp_<w>" in msg
-    with pytest.raises(ValueError, match="config.model.name"):
-        make_model(name)
+    with pytest.raises(ArgumentError, match=r"^make_(model|classifier): name=.*resnet18_<k>"):
+        make_model(name)  # a classifier-shaped name with a bad width: make_classifier's error
+    with pytest.raises(ArgumentError, match=r"^make_model: name='vit' .* linear, phi_w, mlp, res"):
+        make_model("vit")
 
 
 def test_registry_rejects_bad_options():
-    with pytest.raises(ConfigError, match=r"config\.model\.weight_init='fixup'"):
+    with pytest.raises(ArgumentError, match=r"^make_classifier: weight_init='fixup' is invalid; "
+                                            r"allowed: one of pytorch, nkaiming$"):
         make_classifier("cnn5_4", 10, weight_init="fixup")  # the seed's mCNN has no fixup
-    with pytest.raises(ConfigError, match=r"config\.model\.weight_init='xavier'"):
+    with pytest.raises(ArgumentError, match=r"^make_classifier: weight_init='xavier'"):
         make_classifier("resnet18_4", 10, weight_init="xavier")
-    with pytest.raises(ConfigError, match=r"config\.model\.batchnorm"):
+    with pytest.raises(ArgumentError, match=r"^make_classifier: batchnorm=True .* False for "):
         make_classifier("mlp_8", 10, batchnorm=True)
-    with pytest.raises(ConfigError, match="num_classes"):
+    with pytest.raises(ArgumentError, match=r"^make_classifier: num_classes=0 .* integer >= 1"):
         make_classifier("resnet18_4", 0)
-    with pytest.raises(ConfigError, match=r"config\.model\.k=-2"):
+    with pytest.raises(ArgumentError, match=r"^ResNet18K: k=-2 is invalid"):
         shapes(ResNet18K(-2), (1, 8, 8, 1))
+    with pytest.raises(ArgumentError, match=r"^MLPClassifier: hidden=0 is invalid"):
+        shapes(MLPClassifier((4, 0)), (1, 8, 8, 1))

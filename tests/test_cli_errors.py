@@ -5,9 +5,11 @@ CLI cases run as subprocesses from the repository root, several at a time (each 
 cost, a few seconds), with the compilation cache off and the smoke variant.
 """
 
+import functools
 import importlib.util
 import math
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -21,8 +23,8 @@ from irmx.config_checks import ConfigError
 from irmx.configs.irm import regression
 from irmx.configs.measures import jacobian, noisy_classification
 from irmx.data import images
-from irmx.errors import UserError
-from irmx.experiments import cli, irm
+from irmx.errors import ArgumentError, UserError
+from irmx.experiments import classify, cli, irm, measures
 from irmx.io import workdir as wd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -188,6 +190,53 @@ def test_study_order_without_a_study_is_refused():
     c.study_order = ("base_erm", "irmv1")
     with pytest.raises(ConfigError, match=r"config\.study_order=\('base_erm', 'irmv1'\)"):
         irm.validate(c)
+
+
+@pytest.mark.parametrize("family, overrides, key, value", [
+    ("irm", {"criterion.name": "nope"}, "criterion.name", "nope"),
+    ("irm", {"model.name": "resnet18_4"}, "model.name", "resnet18_4"),
+    ("classify", {"model.name": "mlp_0x3"}, "model.name", "mlp_0x3"),
+    ("classify", {"model.name": "mlp_8", "model.batchnorm": True}, "model.batchnorm", True),
+    ("classify", {"evals.test.split": "holdout"}, "evals.test.split", "holdout"),
+    ("classify", {"evals.test.type": "regression"}, "evals.test.type", "regression"),
+    ("classify", {"evals.test.every": 0}, "evals.test.every", 0),
+    ("measures", {"metric": "lipschitz"}, "metric", "lipschitz"),
+    ("measures", {"normalization": "l2"}, "normalization", "l2"),
+    ("measures", {"max_iters": 0}, "max_iters", 0),
+])
+def test_drivers_name_the_config_key_of_a_value_the_library_refuses(family, overrides, key,
+                                                                     value):
+    """The library names its own arguments (make_classifier: name=...); a driver's validate
+    names the config key, whether it checks the value itself or maps the library's error."""
+    get, validate = {"irm": (regression.get_config, irm.validate),
+                     "classify": (noisy_classification.get_config, classify.validate),
+                     "measures": (jacobian.get_config, measures.validate)}[family]
+    c = get("smoke")
+    for k, v in overrides.items():
+        section, _, leaf = k.rpartition(".")
+        (c if not section else functools.reduce(getattr, section.split("."), c))[leaf] = v
+    with pytest.raises(ConfigError) as err:
+        validate(c)
+    assert str(err.value).startswith(f"config.{key}={value!r} is invalid; allowed: ")
+
+
+def test_config_keys_maps_only_the_arguments_it_names():
+    def library(**bad):
+        (argument, value), = bad.items()
+        raise ArgumentError("library", argument, value, "something else")
+
+    with pytest.raises(ConfigError, match=r"^config\.model\.name='x' is invalid; allowed: som"):
+        with config_checks.config_keys(name="model.name"):
+            library(name="x")
+    with pytest.raises(ArgumentError, match=r"^library: width=3 is invalid"):
+        with config_checks.config_keys(name="model.name"):
+            library(width=3)
+    err = ArgumentError("evaluator 'a'", "split", "b", "one of c", path="specs.a.split")
+    with pytest.raises(ConfigError, match=r"^config\.evals\.a\.split='b' is invalid"):
+        with config_checks.config_keys(specs="evals"):
+            raise err
+    assert str(pickle.loads(pickle.dumps(err))) == str(err)
+    assert pickle.loads(pickle.dumps(err)).path == "specs.a.split"
 
 
 def _message(check, value, *args, **kwargs) -> str:

@@ -8,8 +8,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from irmx import measures, registry
+from irmx import config_checks, measures, registry
 from irmx.config_checks import ConfigError
+from irmx.errors import ArgumentError
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ def test_a_registered_metric_drives_make_metric_fn(scratch_registry):
     out = jax.jit(lambda p, x: measures.compute_metric("margin", apply_fn, p, x))(params, x)
     logits = np.sort(np.asarray(apply_fn(params, x)), -1)
     np.testing.assert_allclose(out["values"], logits[:, -1] - logits[:, -2], rtol=1e-6)
-    with pytest.raises(ConfigError, match="confidence, margin"):
+    with pytest.raises(ArgumentError, match="confidence, margin"):
         measures.make_metric_fn("lipschitz", apply_fn)
 
 
@@ -152,23 +153,37 @@ def test_evaluator_metric_names_and_due_evaluation():
             assert np.isnan(out["test_loss"]) and np.isnan(out["test_accuracy"])
 
 
-@pytest.mark.parametrize("spec, key, allowed", [
-    ({"type": "regression", "split": "test"}, "evals.val.type", "one of classification"),
-    ({"split": "test"}, "evals.val.type", "one of classification"),
-    ({"type": "classification"}, "evals.val.split", "a value (required by 'classification')"),
-    ({"type": "classification", "split": "test", "evry": 2}, "evals.val.evry",
+@pytest.mark.parametrize("spec, option, allowed", [
+    ({"type": "regression", "split": "test"}, "type", "one of classification"),
+    ({"split": "test"}, "type", "one of classification"),
+    ({"type": "classification"}, "split", "a value (required by 'classification')"),
+    ({"type": "classification", "split": "test", "evry": 2}, "evry",
      "an option of a 'classification' evaluator: type, every, split, batch_size"),
-    ({"type": "classification", "split": "test", "every": 0}, "evals.val.every",
+    ({"type": "classification", "split": "test", "every": 0}, "every", "an integer >= 1"),
+    ({"type": "classification", "split": "val"}, "split", "one of test, first"),
+    ({"type": "classification", "split": "test", "batch_size": 2.5}, "batch_size",
      "an integer >= 1"),
-    ({"type": "classification", "split": "val"}, "evals.val.split", "one of test, first"),
-    ({"type": "classification", "split": "test", "batch_size": 2.5}, "evals.val.batch_size",
-     "an integer >= 1"),
-    ("classification", "evals.val", "a dict"),
+    ("classification", "", "a dict"),
 ])
-def test_bad_evaluator_specs_name_the_key(spec, key, allowed):
+def test_bad_evaluator_specs_name_the_option(spec, option, allowed):
+    """The library names the evaluator and its option (path specs.<name>.<option>); a driver
+    maps the path to its config key (config_keys: specs -> evals)."""
     apply_fn, _, _, _ = _setup(learners=1)
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(ArgumentError) as err:
         registry.make_evaluator("val", spec, apply_fn=apply_fn, splits=_splits(), batch_size=8)
     message = str(err.value)
-    assert message.startswith(f"config.{key}=") and allowed in message, message
-    assert "\n" not in message
+    assert message.startswith(f"evaluator 'val': {option or 'spec'}=") and allowed in message
+    assert "\n" not in message and err.value.path == "specs.val" + (option and f".{option}")
+    with pytest.raises(ConfigError) as err, config_checks.config_keys(specs="evals"):
+        registry.make_evaluator("val", spec, apply_fn=apply_fn, splits=_splits(), batch_size=8)
+    key = "evals.val" + (option and f".{option}")
+    assert str(err.value).startswith(f"config.{key}=") and allowed in str(err.value)
+
+
+def test_a_bad_context_batch_size_names_the_argument():
+    apply_fn, _, _, _ = _setup(learners=1)
+    spec = {"type": "classification", "split": "test"}
+    with pytest.raises(ArgumentError) as err:
+        registry.make_evaluator("val", spec, apply_fn=apply_fn, splits=_splits(), batch_size=0)
+    assert str(err.value) == "evaluator 'val': batch_size=0 is invalid; allowed: an integer >= 1"
+    assert err.value.path == "batch_size"

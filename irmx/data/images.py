@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from irmx.errors import UserError
+from irmx.errors import ArgumentError, UserError
 
 EMBEDDED = ("digits", "mnist_5k")
 TFDS_NAMES = ("mnist", "fashion_mnist", "cifar10", "cifar100")
@@ -181,8 +181,7 @@ def load_tfds(name: str, split: str, data_dir=None):
     marker files ``check_prepared`` looks for (dataset_info.json, empty shards) in a temp dir.
     """
     if name not in TFDS_NAMES:
-        allowed = ", ".join(TFDS_NAMES)
-        raise ValueError(f"tfds data set {name!r} is not supported; allowed: {allowed}")
+        raise ArgumentError("load_tfds", "name", name, "one of " + ", ".join(TFDS_NAMES))
     check_prepared(name, split, data_dir)
     return read_tfds(name, split, data_dir)
 
@@ -219,8 +218,7 @@ def load_image_data(name: str, data_dir=None) -> dict:
             "shape": tuple(xtr.shape[1:]),
         }
     else:
-        allowed = ", ".join(DATASETS)
-        raise ValueError(f"config.data.name={name!r} is invalid; allowed: one of {allowed}")
+        raise ArgumentError("load_image_data", "name", name, "one of " + ", ".join(DATASETS))
     return {
         "train": (x[~test], y[~test]),
         "test": (x[test], y[test]),
@@ -240,17 +238,13 @@ def split_train_val(num: int, train_size: int, val_size: int, key):
     perm = jax.random.permutation(key, num); the caller passes ``rng.stream(seed, "data_split")``,
     so the split depends on the seed only. Sizes are static Python ints.
     """
-    for key_name, value in (("train_split", train_size), ("val_split", val_size)):
+    for argument, value in (("train_size", train_size), ("val_size", val_size)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(
-                f"config.data.{key_name}={value!r} is invalid; allowed: an integer >= 0"
-            )
+            raise ArgumentError("split_train_val", argument, value, "an integer >= 0")
     if train_size + val_size > num:
-        raise ValueError(
-            f"config.data.train_split={train_size} + config.data.val_split={val_size} = "
-            f"{train_size + val_size} is invalid; allowed: at most the {num} available training "
-            f"examples"
-        )
+        raise ArgumentError("split_train_val", "train_size", train_size,
+                            f"at most {num - val_size} (num={num} examples, "
+                            f"val_size={val_size} of them for validation)")
     perm = jax.random.permutation(key, num)
     return perm[:train_size], perm[train_size:train_size + val_size]
 
@@ -266,11 +260,10 @@ def symmetric_label_noise(labels, fraction, num_classes: int, key):
     ``rng.stream(seed, "label_noise")``.
     """
     if isinstance(fraction, (int, float, np.floating)) and not 0.0 <= float(fraction) <= 1.0:
-        raise ValueError(
-            f"label noise fraction={fraction!r} is invalid; allowed: a number in [0, 1]"
-        )
+        raise ArgumentError("symmetric_label_noise", "fraction", fraction, "a number in [0, 1]")
     if num_classes < 2:
-        raise ValueError(f"num_classes={num_classes!r} is invalid; allowed: an integer >= 2")
+        raise ArgumentError("symmetric_label_noise", "num_classes", num_classes,
+                            "an integer >= 2")
     labels = jnp.asarray(labels)
     n = labels.shape[0]
     if isinstance(fraction, (int, float, np.floating)):

@@ -19,6 +19,8 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from irmx.errors import ArgumentError
+
 SETTINGS = tuple(a + b + c for a in "FP" for b in "OE" for c in "US")
 
 
@@ -38,7 +40,7 @@ class ChainSEM:
 def parse_setting(setting: str) -> dict:
     """'FEU' -> {'hidden': False, 'hetero': True, 'scramble': False}."""
     if setting not in SETTINGS:
-        raise ValueError(f"SEM setting {setting!r} unknown; allowed: {', '.join(SETTINGS)}")
+        raise ArgumentError("parse_setting", "setting", setting, "one of " + ", ".join(SETTINGS))
     return {"hidden": setting[0] == "P", "hetero": setting[1] == "E", "scramble": setting[2] == "S"}
 
 

@@ -172,7 +172,6 @@ class Workdir:
         config = to_json(config)
         cfg_path = self.file("config.json")
         record = {"irmx_version": irmx.__version__, "config": config}
-        self.axis_changed = False
         if family:
             record["family"] = family
         if os.path.exists(cfg_path):
@@ -187,7 +186,6 @@ class Workdir:
                     f"{', '.join(fixed)}); use a new --workdir or delete this one"
                 )
             status = self.status()
-            self.axis_changed = bool(diff)
             if diff:
                 write_json_atomic(cfg_path, record)
                 self.state = "resume"

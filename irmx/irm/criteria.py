@@ -7,14 +7,10 @@ the optimizer's first transform combines their gradients (``irmx.irm.gradient_ma
 import jax
 import jax.numpy as jnp
 
+from irmx.errors import ArgumentError
 from irmx.irm.penalties import irmv1_penalty, mse
 
 CRITERIA = ("erm", "erm_oracle", "irmv1")
-
-
-def num_terms(criterion: str) -> int:
-    """1 for ERM and ERM-oracle (risk), 2 for IRMv1 (risk, penalty)."""
-    return 2 if criterion == "irmv1" else 1
 
 
 def make_loss_terms(apply_fn, criterion: str, input_projection=None):
@@ -26,7 +22,8 @@ def make_loss_terms(apply_fn, criterion: str, input_projection=None):
     causal features, so it learns from them alone.
     """
     if criterion not in CRITERIA:
-        raise ValueError(f"config.criterion.name={criterion!r} unknown; allowed: {CRITERIA}")
+        raise ArgumentError("make_loss_terms", "criterion", criterion,
+                            "one of " + ", ".join(CRITERIA))
 
     def loss_terms(params, envs, key):
         del key

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from irmx.conv_layout import canonical_convs
+from irmx.errors import ArgumentError
 
 NORMALIZATIONS = ("none", "softmax", "logsoftmax", "crossentropy")
 MODES = ("per_output", "bigmem", "matrix_free")
@@ -82,7 +83,8 @@ def normalize_output(logits_K, y, normalization: str, target_logit_only: bool = 
     elif normalization == "crossentropy":
         out = -lax.dynamic_index_in_dim(jax.nn.log_softmax(logits_K), y, keepdims=True)
     else:
-        raise ValueError(f"unknown normalization {normalization!r}; allowed: {NORMALIZATIONS}")
+        raise ArgumentError("normalize_output", "normalization", normalization,
+                            "one of " + ", ".join(NORMALIZATIONS))
     if target_logit_only:
         out = lax.dynamic_index_in_dim(out, y, keepdims=True)
     return out
@@ -132,7 +134,7 @@ def exact_jacobian(out_fn, x_B, mode: str = "per_output") -> jax.Array:
     elif mode == "bigmem":
         rows_KxBxD = jax.vmap(lambda ct: vjp_fn(ct)[0].reshape(batch, -1))(cts)
     else:
-        raise ValueError(f"exact_jacobian: mode {mode!r} is not one of per_output, bigmem")
+        raise ArgumentError("exact_jacobian", "mode", mode, "one of per_output, bigmem")
     return jnp.swapaxes(rows_KxBxD, 0, 1)
 
 
@@ -145,7 +147,7 @@ def frobenius_exact(out_fn, x_B, mode: str = "per_output") -> jax.Array:
     if mode == "bigmem":
         return jnp.sqrt(jnp.sum(jnp.square(exact_jacobian(out_fn, x_B, "bigmem")), axis=(1, 2)))
     if mode != "per_output":
-        raise ValueError(f"frobenius_exact: mode {mode!r} is not one of per_output, bigmem")
+        raise ArgumentError("frobenius_exact", "mode", mode, "one of per_output, bigmem")
     out, vjp_fn = jax.vjp(out_fn, x_B)
     batch, k_out = out.shape
     cts = _output_cotangents(k_out, batch, out.dtype)
@@ -292,7 +294,8 @@ def hutchinson_sq_frobenius(out_fn, x_B, key, *, num_probes: int = 10,
 
         acc0 = jnp.zeros((x_B.shape[0],), x_B.dtype)
     else:
-        raise ValueError(f"probe_space {probe_space!r} is not one of {PROBE_SPACES}")
+        raise ArgumentError("hutchinson_sq_frobenius", "probe_space", probe_space,
+                            "one of " + ", ".join(PROBE_SPACES))
     acc_B, _ = lax.scan(add_probe, acc0, jax.random.split(key, num_probes))
     return acc_B / num_probes
 

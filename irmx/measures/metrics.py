@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from irmx import registry, rng
-from irmx.config_checks import fail
+from irmx.errors import ArgumentError
 from irmx.measures import jacobian as jac
 
 METRICS = ("jacobian", "jacobian_operator_norm", "accuracy", "crossentropy", "confidence")
@@ -81,9 +81,12 @@ def default_mode(name: str, num_outputs: int | None = None) -> str:
 
 def _check(name, normalization, mode, target_logit_only, tol, atol, max_iters, num_probes,
            probe_space):
+    def fail(argument, value, allowed):
+        raise ArgumentError("make_metric_fn", argument, value, allowed)
+
     registered = registry.names("metric")
     if name not in registered:
-        fail("metric", name, "one of " + ", ".join(registered))
+        fail("name", name, "one of " + ", ".join(registered))
     if normalization not in jac.NORMALIZATIONS:
         fail("normalization", normalization, "one of " + ", ".join(jac.NORMALIZATIONS))
     if mode not in jac.MODES:
@@ -92,7 +95,7 @@ def _check(name, normalization, mode, target_logit_only, tol, atol, max_iters, n
         fail("target_logit_only", target_logit_only, "True or False")
     if target_logit_only and normalization == "crossentropy" and name in JACOBIAN_METRICS:
         fail("target_logit_only", target_logit_only,
-             "False with config.normalization='crossentropy' (already one output; the seed "
+             "False with normalization='crossentropy' (already one output; the seed "
              "raises on this combination too)")
     for key, value in (("tol", tol), ("atol", atol)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not (

@@ -1,5 +1,6 @@
 """flax.linen models, chosen by name through ``make_model``."""
 
+from irmx.errors import ArgumentError
 from irmx.nets.classifiers import CLASSIFIER_PATTERNS, is_classifier_name, make_classifier
 from irmx.nets.regression import MLP, Linear, PhiW
 
@@ -19,5 +20,5 @@ def make_model(name: str, **kwargs):
             name, kwargs.get("num_classes", 10), batchnorm=kwargs.get("batchnorm", False),
             weight_init=kwargs.get("weight_init", "pytorch"),
         )
-    allowed = ", ".join(MODELS + CLASSIFIER_PATTERNS)
-    raise ValueError(f"config.model.name={name!r} unknown; allowed: {allowed}")
+    raise ArgumentError("make_model", "name", name,
+                        "one of " + ", ".join(MODELS + CLASSIFIER_PATTERNS))

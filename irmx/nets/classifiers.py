@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from irmx.config_checks import ConfigError
+from irmx.errors import ArgumentError
 
 RESNET_INITS = ("pytorch", "nkaiming", "fixup", "mfixup")
 CNN_INITS = ("pytorch", "nkaiming")
@@ -114,16 +114,14 @@ def _head(x, num_classes: int, scheme: str):
     return nn.Dense(num_classes, kernel_init=kernel_init, bias_init=bias_init, name="head")(x)
 
 
-def _check_init(scheme: str, allowed: Sequence[str]):
+def _check_init(where: str, scheme: str, allowed: Sequence[str]):
     if scheme not in allowed:
-        raise ConfigError(
-            f"config.model.weight_init={scheme!r} is invalid; allowed: one of {', '.join(allowed)}"
-        )
+        raise ArgumentError(where, "weight_init", scheme, "one of " + ", ".join(allowed))
 
 
-def _check_width(key: str, value: int):
+def _check_width(where: str, argument: str, value: int):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"config.model.{key}={value!r} is invalid; allowed: an integer >= 1")
+        raise ArgumentError(where, argument, value, "an integer >= 1")
 
 
 class BasicBlock(nn.Module):
@@ -174,8 +172,8 @@ class ResNet18K(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxHxWxC, train: bool = False):
-        _check_width("k", self.k)
-        _check_init(self.weight_init, RESNET_INITS)
+        _check_width("ResNet18K", "k", self.k)
+        _check_init("ResNet18K", self.weight_init, RESNET_INITS)
         x = _conv(x_BxHxWxC, self.k, 3, 1, scheme=self.weight_init, role="conv",
                   use_bias=not self.batchnorm, name="stem")
         if self.batchnorm:
@@ -208,8 +206,8 @@ class MCNN(nn.Module):
 
     @nn.compact
     def __call__(self, x_BxHxWxC, train: bool = False):
-        _check_width("k", self.k)
-        _check_init(self.weight_init, CNN_INITS)
+        _check_width("MCNN", "k", self.k)
+        _check_init("MCNN", self.weight_init, CNN_INITS)
         x = x_BxHxWxC
         for i, mult in enumerate((1, 2, 4, 8)):
             x = _conv(x, self.k * mult, 3, 1, scheme=self.weight_init, role="conv",
@@ -236,10 +234,10 @@ class MLPClassifier(nn.Module):
     @nn.compact
     def __call__(self, x_BxHxWxC, train: bool = False):
         del train  # no train/eval difference; accepted for a uniform call signature
-        _check_init(self.weight_init, CNN_INITS)
+        _check_init("MLPClassifier", self.weight_init, CNN_INITS)
         x = x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1)
         for i, width in enumerate(self.hidden):
-            _check_width("hidden", width)
+            _check_width("MLPClassifier", "hidden", width)
             kernel_init, bias_init = _inits(self.weight_init, "conv", x.shape[-1])
             x = nn.relu(nn.Dense(width, kernel_init=kernel_init, bias_init=bias_init,
                                  name=f"dense{i + 1}")(x))
@@ -272,34 +270,32 @@ def make_classifier(name: str, num_classes: int = 10, *, batchnorm: bool = False
 
     "resnet18_16" -> ResNet18K(16); "resnet18" -> ResNet18K(64); "resnet34" -> ResNet18K(64,
     stage_blocks=(3, 4, 6, 3)); "cnn5_8" -> MCNN(8); "mlp_256x256" -> MLPClassifier((256, 256)).
-    Invalid names, widths, inits and options raise ``ConfigError`` (a ValueError) naming the key.
+    Invalid names, widths, inits and options raise ``ArgumentError`` (a ValueError) naming the
+    argument.
     """
+    where = "make_classifier"
+
     def bad_name():
-        return ConfigError(
-            f"config.model.name={name!r} is invalid; allowed: {', '.join(CLASSIFIER_PATTERNS)}"
-        )
+        return ArgumentError(where, "name", name, "one of " + ", ".join(CLASSIFIER_PATTERNS))
 
     if not is_classifier_name(name):
         raise bad_name()
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ConfigError(f"num_classes={num_classes!r} is invalid; allowed: an integer >= 1")
+    _check_width(where, "num_classes", num_classes)
     if name.startswith("mlp_"):
         if batchnorm:
-            raise ConfigError(
-                f"config.model.batchnorm={batchnorm!r} is invalid for {name!r}; allowed: False"
-            )
+            raise ArgumentError(where, "batchnorm", batchnorm, f"False for {name!r}")
         widths = tuple(int(w) for w in _MLP.fullmatch(name).group(1).split("x"))
         if min(widths) < 1:
             raise bad_name()
-        _check_init(weight_init, CNN_INITS)
+        _check_init(where, weight_init, CNN_INITS)
         return MLPClassifier(widths, num_classes, weight_init=weight_init)
     if name.startswith("cnn5_"):
         k = int(_CNN.fullmatch(name).group(1))
         if k < 1:
             raise bad_name()
-        _check_init(weight_init, CNN_INITS)
+        _check_init(where, weight_init, CNN_INITS)
         return MCNN(k, num_classes, batchnorm=bool(batchnorm), weight_init=weight_init)
-    _check_init(weight_init, RESNET_INITS)
+    _check_init(where, weight_init, RESNET_INITS)
     if name == "resnet34":
         return ResNet18K(64, num_classes, bool(batchnorm), weight_init, (3, 4, 6, 3))
     k = 64 if name == "resnet18" else int(_RESNET.fullmatch(name).group(1))
