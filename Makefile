@@ -29,6 +29,7 @@ test-slow: $(TEST_STAMP)
 bench: $(TEST_STAMP)
 	$(PY) benchmarks/irm_sweep.py
 	$(PY) benchmarks/jacobian_norms.py
+	$(PY) benchmarks/learner_groups.py
 
 lint: $(TEST_STAMP)
 	$(PY) -m pip install -q ruff && $(VENV)/bin/ruff check irmx launch configs tests benchmarks scripts

@@ -27,6 +27,12 @@ environments of 1000 samples, linear model with bias, IRMv1 penalty weight 100 a
    would exceed ``--torch_max_seconds``, only the first k seeds are timed (every step) and
    the time is scaled by num_seeds / k; the output says so.
 
+4. **irmx learner groups**: the vmapped program built with ``config.learners_per_group = G``
+   for each G of ``--group_sizes`` below the number of seeds (``irmx.learners.map_learners``:
+   ``lax.map`` over groups of G vmapped learners), warm train time (median of ``--repeats``)
+   next to the full vmap (G = num_seeds); the best G is printed. The line
+   ``learners_per_group=...`` gives the group size of the main (vmapped) timing.
+
 Agreement: the three versions start from the same parameters and data. Parameters are compared
 after the anneal phase (step 500) and the final causal / non-causal errors per seed; all agree
 to ~1e-6 on most seeds, but on roughly half of the seeds the IRMv1 trajectory (Adam lr 0.1) is
@@ -84,6 +90,9 @@ def parse_args(argv=None):
                    help="time at most about this long in torch, then extrapolate over seeds")
     p.add_argument("--torch_warmup_steps", type=int, default=5)
     p.add_argument("--skip_torch", action="store_true")
+    p.add_argument("--group_sizes", default="1,4,8,16",
+                   help="learners_per_group values to time besides the full vmap (those below "
+                        "num_seeds); empty: none")
     return p.parse_args(argv)
 
 
@@ -238,6 +247,38 @@ def bench_loop(config, state0_N, data_N, repeats: int) -> dict:
     return r
 
 
+# ------------------------------------------------------------------------ learner groups
+
+
+def bench_groups(config, state0_N, data_N, sizes, repeats: int, final_ref) -> dict:
+    """The vmapped program with ``config.learners_per_group = G`` (``lax.map`` over groups of G
+    vmapped learners): warm train time (median of ``repeats``) and compile per G."""
+    num_chunks = config.num_steps // config.chunk_steps
+    out = {}
+    for g in sizes:
+        c = make_config(config.num_seeds, config.num_steps)
+        c.chunk_steps, c.learners_per_group = config.chunk_steps, g
+        program = irm.build_program(c)  # same init and data; only the chunk/evaluate differ
+        t0 = now()
+        block(program.chunk(state0_N, data_N))
+        first = now() - t0
+        trains = []
+        for _ in range(repeats):
+            s = state0_N
+            t0 = now()
+            for _ in range(num_chunks):
+                s, _ = program.chunk(s, data_N)
+            block(s)
+            trains.append(now() - t0)
+        final = jax.device_get(program.evaluate(s, data_N))
+        diff = max(float(np.max(np.abs(final[k] - final_ref[k])))
+                   for k in ("causal_error", "noncausal_error"))
+        warm = statistics.median(trains)
+        out[g] = {"warm_train": warm, "warm_train_all": trains,
+                  "compile_chunk": first - warm / num_chunks, "max_diff": diff}
+    return out
+
+
 # ----------------------------------------------------------------------------------- torch
 
 
@@ -357,6 +398,9 @@ def main(argv=None):
 
     v = bench_vmapped(config, args.repeats)
     lp = bench_loop(config, v["state0"], v["data"], args.repeats)
+    sizes = [int(g) for g in args.group_sizes.split(",") if g.strip()]
+    gr = bench_groups(config, v["state0"], v["data"], [g for g in sizes if 0 < g < n],
+                      args.repeats, v["final"])
     t = None
     if args.skip_torch:
         torch_note = "torch skipped (--skip_torch)"
@@ -380,6 +424,8 @@ def main(argv=None):
           f"{'s' if len(jax.devices()) > 1 else ''}), {torch_note}, "
           f"python {platform.python_version()}, {os.cpu_count()} CPUs, "
           f"load average {load0[0]:.1f} -> {load1[0]:.1f}")
+    print(f"learners_per_group={config.get('learners_per_group', 0) or n} (the vmapped program: "
+          f"all {n} learners in one vmap; learners_per_group=0 in the config)")
     print(f"\n  {'':<42}{'time [s]':>9}{'us/learner-step':>16}")
     print("irmx vmapped: one jit(vmap(scan)) over all learners")
     row("warm train", v["warm_train"],
@@ -396,6 +442,17 @@ def main(argv=None):
         f"median of {', '.join(f'{x:.2f}' for x in lp['warm_train_all'])}; "
         f"{lp['warm_chunk'] * 1e3:.2f} ms per {config.chunk_steps}-step chunk call")
     row("compile (train chunk)", lp["compile_chunk"], ev(lp["events_chunk"]))
+    if gr:
+        print("irmx learner groups: the vmapped program with config.learners_per_group=G "
+              "(lax.map over groups of G)")
+        for g, r in gr.items():
+            row(f"warm train, learners_per_group={g}", r["warm_train"],
+                f"median of {', '.join(f'{x:.2f}' for x in r['warm_train_all'])}; compile "
+                f"{r['compile_chunk']:.2f} s; max |final err - vmapped| {r['max_diff']:.1e}")
+        times = {n: v["warm_train"], **{g: r["warm_train"] for g, r in gr.items()}}
+        best_g = min(times, key=times.get)
+        print(f"  best learners_per_group={best_g} ({times[best_g]:.2f} s warm train; full vmap "
+              f"G={n}: {v['warm_train']:.2f} s = {v['warm_train'] / times[best_g]:.2f}x best)")
     if t is not None:
         print("PyTorch: seed after seed, eager")
         row("warm (seed loop after warm-up)", t["warm"], f"{t['per_step_us']:.0f} us per step")

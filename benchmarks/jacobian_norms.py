@@ -371,6 +371,8 @@ def main(argv=None):
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPU cores, "
           f"python {platform.python_version()}; irmx defaults: tol "
           f"{measures.metrics.DEFAULT_TOL:g}, max_iters {measures.metrics.DEFAULT_MAX_ITERS}")
+    print("learners_per_group=1 (one network: a learner axis of size 1, no groups; the vmapped "
+          "axes here are the batch and, in bigmem and floor, the K cotangents)")
     results = {k: bench_one_k(args, k, torch_pool) for k in ks}
     if torch_pool is not None:
         torch_pool.close()
