@@ -439,3 +439,29 @@ def test_wheel_holds_configs_and_launch_under_irmx(tmp_path):
     assert {n.split("/")[0] for n in names} == {"irmx", "irmx-0.1.0.dist-info"}
     top_level = [n for n in names if n.endswith("top_level.txt")]
     assert not top_level or zipfile.ZipFile(tmp_path / wheel).read(top_level[0]) == b"irmx\n"
+
+
+def test_ctrl_c_is_one_line_with_status_interrupted(tmp_path):
+    """SIGINT mid-run: status 'interrupted', one line (no traceback), exit 130 (resuming after
+    an interruption is tested in test_workdir)."""
+    import json
+    import signal
+    import time
+
+    cmd = [sys.executable, "launch/irm.py", "--config=configs/irm/regression.py:irmv1,smoke",
+           "--config.num_steps=2000000", "--config.chunk_steps=2000",
+           "--config.checkpoint_every=20000", f"--workdir={tmp_path / 'run'}", "--noprogress"]
+    env = dict(os.environ, IRMX_JAX_CACHE="")
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    status = tmp_path / "run" / "status.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+            status.exists() and json.loads(status.read_text()).get("step", 0) > 0):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "Traceback" not in err and "re-run the same command to resume" in err
+    state = json.loads(status.read_text())
+    assert state["state"] == "interrupted" and state["step"] > 0

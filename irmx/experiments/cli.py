@@ -209,6 +209,10 @@ def make_main(run_fn):
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt:  # the runner has recorded status "interrupted"
+            print(f"\ninterrupted; re-run the same command to resume ({FLAGS.workdir})",
+                  file=sys.stderr)
+            return 130
         return 0
 
     return main
