@@ -23,6 +23,9 @@ import ml_collections
 from irmx.config_args import learner_axis_fields, parse_arg
 
 EXPERIMENTS = ("base_erm", "base_erm_oracle", "irmv1", "adareg_simple", "adareg")
+PAPER_PENALTY_WEIGHTS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # the reference's r grid
+# the SEM settings in the reference's order (F/P, O/E, U/S)
+SETTINGS = ("FOU", "FOS", "FEU", "FES", "POU", "POS", "PEU", "PES")
 
 
 def _base():
@@ -38,7 +41,10 @@ def _base():
     c.data.num_samples = 1000  # samples per environment
     c.data.train_sigmas = (0.2, 2.0)  # noise scale of each training environment
     c.data.heldout_sigma = 5.0  # noise scale of the held-out (validation) environment
-    c.data.erm_on_all_envs = False  # True: train on the held-out environment too (paper's ERM)
+    c.data.erm_on_all_envs = False  # True: train on the held-out environment too (the
+    #                                 reference's ERM and ICP)
+    c.data.compress = False  # each training environment as dim+1 exact rows (models linear in
+    #                          x without intercept: phi_w, linear with use_bias=False)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "linear"  # linear | phi_w | mlp
@@ -50,6 +56,9 @@ def _base():
     c.criterion.penalty_weight = 100.0  # irmv1: lambda after annealing (convex mixing: r in [0,1])
     c.criterion.anneal_steps = 500  # irmv1: steps with lambda = 1 before lambda applies
     c.criterion.mixing = "additive"  # additive: g_e + lambda g_p | convex: r g_e + (1-r) g_p
+    c.criterion.penalty = "scalar_dummy"  # irmv1: scalar_dummy (paper) | vector_dummy (the
+    #                                       reference code's; model phi_w)
+    c.criterion.risk_reduction = "mean"  # of the training environments' risks: mean | sum
 
     c.gradient_manager = ml_collections.ConfigDict()
     c.gradient_manager.name = "none"  # none | adareg | soft_adareg
@@ -63,6 +72,12 @@ def _base():
     c.optim.lr = 0.1  # learning rate (per learner; vmappable as vmapped.lr)
     c.optim.momentum = 0.0  # sgd only
 
+    c.solver = "gradient"  # gradient (the optimizer, num_steps) | least_squares (closed-form
+    #                        ERM) | icp (Invariant Causal Prediction); closed forms need model
+    #                        linear with use_bias=False
+    c.icp_alpha = 0.05  # icp: significance level of the invariance tests
+    c.reference_method = ""  # ERM | ICP | IRM: print the IRM reference's published numbers for
+    #                          this setting beside this experiment's (irmx.irm.reference)
     c.num_steps = 3000  # full-batch optimizer steps
     c.chunk_steps = 100  # steps per lax.scan chunk (one host sync and one metrics point)
     c.checkpoint_every = 1000  # steps between checkpoints (a multiple of chunk_steps)
@@ -117,33 +132,71 @@ def _smoke(c):
 
 
 def _paper(c):
-    """The IRM reference's protocol (facebookresearch/InvariantRiskMinimization main.py, models.py):
-    ERM on all three environments pooled; IRM with x Phi w (Phi from the identity, w = 1), Adam
-    lr 1e-3, loss r * error + (1 - r) * penalty with r in {0, 1e-5, ..., 1e-1} vmapped, r picked
-    per seed by MSE on the third environment. The reference trains 100000 iterations; this runs
-    20000 by default (``--config.num_steps=100000`` for the full protocol). IRM is 192 learners
-    (32 seeds x 6 weights): about 10 minutes on 2 CPU cores at 20000 steps."""
+    """The IRM reference's synthetic protocol exactly (facebookresearch/InvariantRiskMinimization,
+    code/experiment_synthetic main.py and models.py), one setting (``data.setting``):
+
+    - ERM: least squares without intercept on all three environments pooled;
+    - ICP: Invariant Causal Prediction on all three environments, alpha = 0.05;
+    - IRM: x Phi w with Phi from the identity and w = 1 fixed, Adam lr 1e-3 for 100000 full-batch
+      steps on the two training environments, loss r * sum_e R^e + (1 - r) * sum_e
+      mean_k (d R^e / d w_k)^2 (the vector dummy), r in {0, 1e-5, ..., 1e-1} vmapped and picked
+      per seed by MSE on the third environment.
+
+    Each environment's 1000 samples are replaced by their exact 11-row least-squares stand-in
+    (``data.compress``), so 100000 steps of 192 learners take minutes. ``scalar_dummy`` switches
+    the IRM penalty to the paper's scalar dummy and the risk to the mean over environments (the
+    stronger one on these settings: see the README)."""
+    closed_form = {"model": {"name": "linear", "use_bias": False},
+                   "data": {"erm_on_all_envs": True}}
     c.study = ml_collections.ConfigDict({
-        "erm": {"criterion": {"name": "erm"}, "data": {"erm_on_all_envs": True}},
+        "erm": {"solver": "least_squares", "reference_method": "ERM", **closed_form},
+        "icp": {"solver": "icp", "reference_method": "ICP", **closed_form},
         "irm": {
             "criterion": {"name": "irmv1", "mixing": "convex", "anneal_steps": 0,
-                          "penalty_weight": 1e-3},
+                          "penalty_weight": 1e-3, "penalty": "vector_dummy",
+                          "risk_reduction": "sum"},
             "model": {"name": "phi_w"},
+            "data": {"compress": True},
             "optim": {"lr": 1e-3},
-            "vmapped": {"penalty_weight": (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)},
+            "vmapped": {"penalty_weight": PAPER_PENALTY_WEIGHTS},
             "select_by": "heldout_mse",
+            "reference_method": "IRM",
         },
     })
-    c.study_order = ("erm", "irm")
-    c.num_steps = 20000
-    c.chunk_steps = 500
-    c.checkpoint_every = 5000
+    c.study_order = ("erm", "icp", "irm")
+    c.num_steps = 100000
+    c.chunk_steps = 5000
+    c.checkpoint_every = 20000
+    return c
+
+
+def _scalar_dummy(c):
+    """The paper variant's IRM with the paper's scalar-dummy penalty, summed over environments,
+    and the risks' mean (irmx's form before it followed the reference)."""
+    for exp in c.study.values():
+        if exp.get("reference_method") == "IRM":
+            exp.criterion.penalty = "scalar_dummy"
+            exp.criterion.risk_reduction = "mean"
+            exp.reference_method = ""
+    return c
+
+
+def _all_settings(c):
+    """The paper study on each of the eight SEM settings, one group: the reference's
+    synthetic_results.txt table (experiments named <setting>_<method>)."""
+    study = c.study.to_dict()
+    c.study = ml_collections.ConfigDict({
+        f"{s}_{name}": {**exp, "data": {**exp.get("data", {}), "setting": s}}
+        for s in SETTINGS for name, exp in study.items()})
+    c.study_order = tuple(f"{s}_{name}" for s in SETTINGS for name in c.study_order)
     return c
 
 
 def get_config(arg=None):
-    """``arg``: an experiment name, ``study``, ``paper``, or any of them + ``,smoke``."""
-    a = parse_arg(arg or "irmv1", variants=(*OVERRIDES, "study", "paper", "smoke"))
+    """``arg``: an experiment name, ``study``, ``paper`` (+ ``,scalar_dummy``,
+    ``,all_settings``), or any of them + ``,smoke``."""
+    a = parse_arg(arg or "irmv1", variants=(*OVERRIDES, "study", "paper", "scalar_dummy",
+                                             "all_settings", "smoke"))
     c = _base()
     for part in a.variants:
         if part in OVERRIDES:
@@ -156,6 +209,11 @@ def get_config(arg=None):
         elif part == "paper":
             c.name = "paper"
             c = _paper(c)
+        elif part in ("scalar_dummy", "all_settings"):
+            if c.name != "paper":
+                raise ValueError(f"config variant {part!r} modifies the paper variant; use "
+                                 f"paper,{part}")
+            c = _scalar_dummy(c) if part == "scalar_dummy" else _all_settings(c)
         elif part == "smoke":
             c = _smoke(c)
     if "study" not in c:

@@ -93,3 +93,25 @@ def make_environments(key, sem: ChainSEM, n: int, sigmas) -> tuple[jax.Array, ja
     noise = jax.random.normal(key, (len(sigmas), 4, n, h))
     xs, ys = zip(*(sample_environment(sem, noise[e], s) for e, s in enumerate(sigmas)))
     return jnp.stack(xs), jnp.stack(ys)
+
+
+def compress_environment(x_NxD, y_N) -> tuple[jax.Array, jax.Array]:
+    """An exact (D+1)-row stand-in for one environment, for models linear in x without an
+    intercept (f(x) = x v(params): ``phi_w``, ``linear`` without bias) and the squared loss.
+
+    With the thin QR x = Q R, q = Q^T y and r = ||y - Q q|| (the least-squares residual),
+    ``x' = c [R; 0]`` and ``y' = c [q; r]`` with c = sqrt((D+1)/N) give, for every v,
+
+        mean_i (x'_i v - y'_i)^2 = (||R v - q||^2 + r^2) / N = mean_i (x_i v - y_i)^2,
+
+    so the risk, its gradients and both IRMv1 penalties (functions of x^T x / N and x^T y / N)
+    are unchanged while a step costs O(D^2) instead of O(N D). Float rounding differs.
+    """
+    n, dim = x_NxD.shape
+    q_mat, r_mat = jnp.linalg.qr(x_NxD)
+    q = q_mat.T @ y_N
+    resid = jnp.sqrt(jnp.sum((y_N - q_mat @ q) ** 2))
+    c = jnp.sqrt((dim + 1) / n)
+    x_c = jnp.concatenate([r_mat, jnp.zeros((1, dim), x_NxD.dtype)]) * c
+    y_c = jnp.concatenate([q, resid[None]]) * c
+    return x_c, y_c

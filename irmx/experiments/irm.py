@@ -20,7 +20,7 @@ from irmx.data import sem as sem_lib
 from irmx.experiments.loop import Program, run_group, run_program
 from irmx.io import tables
 from irmx.io import workdir as wd
-from irmx.irm import criteria, plots
+from irmx.irm import criteria, icp, plots, reference
 from irmx.irm import gradient_managers as gm
 from irmx.irm import metrics as irm_metrics
 from irmx.learners import axis_from_config, learner_stream, make_init, map_learners
@@ -28,6 +28,8 @@ from irmx.nets import MODELS, make_model
 from irmx.train import init_state, make_chunk, make_step, make_update, sum_terms
 
 OPTIMIZERS = ("adam", "sgd")
+SOLVERS = ("gradient", "least_squares", "icp")
+REFERENCE_METHODS = ("", "ERM", "ICP", "IRM")
 MIXINGS = ("additive", "convex")
 # config.vmapped.<name> -> the injected optimizer hyperparameter it sets
 VMAPPABLE = {"lr": "learning_rate", "penalty_weight": "penalty_weight", "alpha": "alpha",
@@ -36,6 +38,7 @@ VMAPPABLE = {"lr": "learning_rate", "penalty_weight": "penalty_weight", "alpha":
 AXIS_RANGES = {"lr": (0.0, math.inf, True), "penalty_weight": (0.0, math.inf, False),
                "alpha": (0.0, math.inf, False), "beta": (0.0, 0.999999, False)}
 TABLE_METRICS = ("causal_error", "noncausal_error", "heldout_mse")
+REFERENCE_METRICS = ("causal_error", "noncausal_error")
 
 
 def validate(config) -> None:
@@ -51,14 +54,39 @@ def validate(config) -> None:
     cc.numbers(config, "data.train_sigmas", 0.0, 1e6, low_open=True, min_len=1)
     cc.number(config, "data.heldout_sigma", 0.0, 1e6, low_open=True)
     cc.choice(config, "data.erm_on_all_envs", (True, False))
+    cc.choice(config, "data.compress", (True, False))
     cc.choice(config, "model.name", MODELS)
     cc.choice(config, "model.use_bias", (True, False))
+    linear_in_x = config.model.name == "phi_w" or (
+        config.model.name == "linear" and not config.model.use_bias)
+    if config.data.compress and not linear_in_x:
+        cc.fail("data.compress", True, "False unless config.model.name is 'phi_w', or 'linear' "
+                "with config.model.use_bias=False (exact only for models linear in x)")
+    cc.choice(config, "solver", SOLVERS)
+    cc.number(config, "icp_alpha", 0.0, 1.0, low_open=True, high_open=True)
+    cc.choice(config, "reference_method", REFERENCE_METHODS)
+    if config.solver != "gradient":
+        if not (config.model.name == "linear" and not config.model.use_bias):
+            cc.fail("solver", config.solver, "'gradient' unless config.model.name='linear' with "
+                    "config.model.use_bias=False (a closed form gives one weight vector)")
+        if config.solver == "least_squares" and config.criterion.name not in ("erm",
+                                                                               "erm_oracle"):
+            cc.fail("solver", config.solver, "'gradient' unless config.criterion.name is 'erm' "
+                    "or 'erm_oracle' (least squares minimises the risk alone)")
+        if config.gradient_manager.name != "none":
+            cc.fail("gradient_manager.name", config.gradient_manager.name,
+                    f"'none' with config.solver={config.solver!r}")
     if config.model.name == "mlp":
         cc.numbers(config, "model.hidden", 1, 1_000_000, min_len=1)
     cc.choice(config, "criterion.name", criteria.CRITERIA)
     cc.number(config, "criterion.penalty_weight", 0.0)
     cc.number(config, "criterion.anneal_steps", 0, integer=True)
     cc.choice(config, "criterion.mixing", MIXINGS)
+    cc.choice(config, "criterion.penalty", criteria.PENALTIES)
+    if config.criterion.penalty == "vector_dummy" and config.model.name != "phi_w":
+        cc.fail("criterion.penalty", "vector_dummy",
+                "'scalar_dummy' unless config.model.name='phi_w' (the dummy w of x Phi w)")
+    cc.choice(config, "criterion.risk_reduction", criteria.RISK_REDUCTIONS)
     if config.criterion.mixing == "convex":
         cc.number(config, "criterion.penalty_weight", 0.0, 1.0)
     cc.choice(config, "gradient_manager.name", gm.MANAGERS)
@@ -111,6 +139,9 @@ def make_data(config, key):
     sigmas = tuple(d.train_sigmas) + (d.heldout_sigma,)
     x, y = sem_lib.make_environments(k_env, sem, d.num_samples, sigmas)
     n_train = len(sigmas) if d.erm_on_all_envs else len(sigmas) - 1
+    train = (x[:n_train], y[:n_train])
+    if d.compress:
+        train = jax.vmap(sem_lib.compress_environment)(*train)
     if config.criterion.name == "erm_oracle":
         # Projector on the causal coordinates of the unscrambled basis: S^T diag(mask) S.
         mask = sem_lib.causal_mask(d.dim)
@@ -119,7 +150,7 @@ def make_data(config, key):
         projection = jnp.eye(d.dim)
     return {
         "sem": sem,
-        "train": (x[:n_train], y[:n_train]),
+        "train": train,
         "heldout": (x[-1], y[-1]),
         "projection": projection,
     }
@@ -134,7 +165,9 @@ def build_program(config) -> Program:
     )
     apply_fn = model.apply
     optimizer = make_optimizer(config)
-    loss_terms = criteria.make_loss_terms(apply_fn, config.criterion.name)
+    loss_terms = criteria.make_loss_terms(apply_fn, config.criterion.name,
+                                          penalty=config.criterion.penalty,
+                                          risk_reduction=config.criterion.risk_reduction)
 
     def projected_loss_terms(params, data, key):
         x, y = data["train"]
@@ -163,29 +196,47 @@ def build_program(config) -> Program:
                            hyperparams=hparams)
         return state, data
 
-    def evaluate_one(state, data):
+    def closed_form_one(coords):
+        """A closed-form learner: its weight vector from the solver, no training steps."""
+        data = make_data(config, learner_stream(coords, "data"))
+        x, y = data["train"]
+        x = x @ data["projection"]
+        if config.solver == "least_squares":
+            w = least_squares(x.reshape(-1, x.shape[-1]), y.reshape(-1))
+        else:
+            w = icp.icp_solution(x, y, alpha=config.icp_alpha)
+        return {"params": {"Dense_0": {"kernel": w[:, None]}}}, data
+
+    def evaluate_one(params, data):
         project = lambda p, x: apply_fn(p, x @ data["projection"])
-        out = irm_metrics.evaluate(project, state.params, data["sem"], data["heldout"])
-        terms, metrics = projected_loss_terms(state.params, data, None)
+        out = irm_metrics.evaluate(project, params, data["sem"], data["heldout"])
+        terms, metrics = projected_loss_terms(params, data, None)
         out.update(risk=metrics["risk"], penalty=metrics["penalty"])
         return out
 
     group = config.get("learners_per_group", 0)
+    common = dict(name=config.name, family="irm", axis=axis, select_by=config.select_by,
+                  plot=plots.irm_run_figures, model=model)
+    if config.solver != "gradient":
+        return Program(init=make_init(closed_form_one, axis),
+                       evaluate=jax.jit(map_learners(evaluate_one, 0, group)), **common)
     return Program(
-        name=config.name,
-        family="irm",
-        axis=axis,
         init=make_init(init_one, axis),
         chunk=jax.jit(map_learners(chunk_with_lambda, 0, group)),
-        evaluate=jax.jit(map_learners(evaluate_one, 0, group)),
+        evaluate=jax.jit(map_learners(lambda state, data: evaluate_one(state.params, data), 0,
+                                      group)),
         num_steps=config.num_steps,
         chunk_steps=config.chunk_steps,
         checkpoint_every=config.checkpoint_every,
-        select_by=config.select_by,
-        plot=plots.irm_run_figures,
-        model=model,
         trace_counter=chunk,
+        **common,
     )
+
+
+def least_squares(x_NxD, y_N) -> jax.Array:
+    """argmin_w ||x w - y||^2 without intercept (the reference's ERM: sklearn
+    LinearRegression(fit_intercept=False)), through the SVD-based lstsq."""
+    return jnp.linalg.lstsq(x_NxD, y_N)[0]
 
 
 def run(config, workdir: str, progress: bool = True, max_chunks: int | None = None,
@@ -234,11 +285,22 @@ def table_row(summary: dict) -> dict:
     return {k: stats[k] for k in TABLE_METRICS}
 
 
-def format_table(rows: dict) -> str:
-    """One line per experiment: mean +- std over seeds of each table metric."""
-    return tables.format_table(
-        ("experiment", *TABLE_METRICS),
-        [(name, *[tables.mean_std(row[m]) for m in TABLE_METRICS]) for name, row in rows.items()])
+def format_table(rows: dict, references: dict | None = None) -> str:
+    """One line per experiment: mean +- std over seeds of each table metric; with
+    ``references`` (experiment -> ``irmx.irm.reference.reference_row``), the IRM reference's
+    published causal / non-causal errors beside them ("-" where an experiment has none)."""
+    header = ["experiment", *TABLE_METRICS]
+    if references:
+        header += ["reference causal", "reference non-causal"]
+    lines = []
+    for name, row in rows.items():
+        line = [name, *[tables.mean_std(row[m]) for m in TABLE_METRICS]]
+        if references:
+            ref = references.get(name)
+            line += ([f"{ref[m][0]:.4f} +- {ref[m][1]:.4f}" for m in REFERENCE_METRICS]
+                     if ref else ["-", "-"])
+        lines.append(line)
+    return tables.format_table(header, lines)
 
 
 def run_study(config, workdir: str, progress: bool = True) -> dict:
@@ -253,19 +315,30 @@ def run_study(config, workdir: str, progress: bool = True) -> dict:
         validate(sub)  # every experiment's config is checked before the first compiles
     members = [(build_program(sub), sub.to_dict()) for sub in subs.values()]
 
+    references = {name: reference.reference_row(sub.data.setting, sub.reference_method)
+                  for name, sub in subs.items() if sub.reference_method}
+    settings = sorted({sub.data.setting for sub in subs.values()},
+                      key=sem_lib.SETTINGS.index)
+
     def combine(summaries):
         rows = {n: table_row(s) for n, s in summaries.items()}
         per_seed = {
             n: {m: [r[m] for r in _chosen_rows(s)] for m in TABLE_METRICS}
             for n, s in summaries.items()
         }
-        return {"setting": config.data.setting, "experiments": rows, "per_seed": per_seed}, \
-            format_table(rows)
+        group = {"setting": ",".join(settings), "experiments": rows, "per_seed": per_seed}
+        if references:
+            group["reference"] = {"source": reference.SOURCE, "repetitions":
+                                  reference.NUM_REPETITIONS, "experiments": references}
+        return group, format_table(rows, references)
 
     study = run_group(members, config.to_dict(), workdir, combine, progress)
     seeds = len(members[0][0].axis.seeds)
-    print(f"\nIRM regression study, setting {config.data.setting}, {seeds} seeds "
-          f"(mean +- std over seeds):\n{study['table']}")
+    where = "settings" if len(settings) > 1 else "setting"
+    ref = (f"; reference: the IRM code's synthetic_results.txt, {reference.NUM_REPETITIONS} "
+           "repetitions" if references else "")
+    print(f"\nIRM regression study, {where} {', '.join(settings)}, {seeds} seeds "
+          f"(mean +- std over seeds{ref}):\n{study['table']}")
     plots.irm_study_figure(os.path.join(workdir, "plots", "errors_by_experiment.png"),
                            study["per_seed"])
     return study

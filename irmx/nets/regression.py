@@ -25,13 +25,17 @@ class PhiW(nn.Module):
     """IRM's f(x) = x Phi w with Phi (D x D) trained from the identity and w = 1 fixed.
 
     The parameterisation of the IRM reference code (models.py, InvariantRiskMinimization).
+    ``w`` (D,) replaces the fixed classifier: the IRM reference's penalty differentiates the
+    risk with respect to it (``irmx.irm.penalties.irmv1_vector_penalty``).
     """
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, w=None):
         dim = x.shape[-1]
         phi = self.param("phi", lambda key, shape: jnp.eye(*shape), (dim, dim))
-        return (x @ phi).sum(-1)
+        if w is None:
+            return (x @ phi).sum(-1)
+        return x @ phi @ w
 
 
 class MLP(nn.Module):
