@@ -7,8 +7,14 @@ The seed's five experiments, each over seeds 100..131 as one vmapped program::
 
 Variants: base_erm, base_erm_oracle, irmv1, adareg_simple, adareg, soft_adareg (one experiment
 each); study (the first five, one table: ``make run``, about a minute on 2 CPU cores); smoke
-(tiny, seconds); paper (the IRM reference's protocol, see ``_paper``). Any field can be
-overridden, e.g. ``--config.data.setting=PES --config.num_seeds=4``.
+(tiny, seconds); paper (the IRM reference's synthetic protocol exactly: ERM by least squares,
+ICP, IRM with the reference's vector-dummy penalty; see ``_paper``), paper,scalar_dummy (its IRM
+with the paper's scalar-dummy penalty), paper,all_settings (the reference's eight-setting table
+with its published numbers beside irmx's)::
+
+  python launch/irm.py --config=configs/irm/regression.py:paper,all_settings --workdir=runs/irm-paper
+
+Any field can be overridden, e.g. ``--config.data.setting=PES --config.num_seeds=4``.
 
 Expected on FEU (32 seeds, study; measured): ERM puts weight on the effects Z (causal and
 non-causal error ~0.45); the oracle recovers the causal weights (causal error ~2e-3, non-causal

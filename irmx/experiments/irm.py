@@ -341,6 +341,12 @@ def run_study(config, workdir: str, progress: bool = True) -> dict:
           f"(mean +- std over seeds{ref}):\n{study['table']}")
     plots.irm_study_figure(os.path.join(workdir, "plots", "errors_by_experiment.png"),
                            study["per_seed"])
+    if references:
+        experiments = {name: (sub.data.setting, sub.reference_method or name)
+                       for name, sub in subs.items()}
+        plots.irm_reference_figure(os.path.join(workdir, "plots", "errors_vs_reference.png"),
+                                   study["per_seed"], experiments, references, seeds,
+                                   reference.NUM_REPETITIONS)
     return study
 
 

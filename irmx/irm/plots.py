@@ -4,6 +4,7 @@ errors per experiment (written into the run's workdir by the runner)."""
 import os
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from irmx.io.plots import curves, log_if_positive, save_figure, subplots
 
@@ -63,4 +64,43 @@ def irm_study_figure(path: str, per_seed: dict) -> None:
         log_if_positive(ax, vals)
         ax.set_title(m)
         ax.tick_params(axis="x", labelrotation=30)
+    save_figure(fig, path)
+
+
+def irm_reference_figure(path: str, per_seed: dict, experiments: dict, references: dict,
+                         num_seeds: int, repetitions: int) -> None:
+    """The IRM reference's synthetic figure with irmx beside it: per setting, the causal and
+    the non-causal error of each method (bar = mean, whisker = std), irmx solid, the reference's
+    published numbers hatched. ``experiments``: name -> (setting, method); ``references``:
+    name -> ``irmx.irm.reference.reference_row``."""
+    settings = list(dict.fromkeys(s for s, _ in experiments.values()))
+    methods = list(dict.fromkeys(m for _, m in experiments.values()))
+    metrics = (("causal_error", "causal error"), ("noncausal_error", "non-causal error"))
+    fig = Figure(figsize=(max(7.0, 1.5 * len(settings) + 2), 6.4))
+    axes = fig.subplots(2, 1, sharex=True)
+    width = 0.8 / (2 * len(methods))
+    for ax, (m, label) in zip(axes, metrics):
+        for k, method in enumerate(methods):
+            color = f"C{k}"
+            for j, setting in enumerate(settings):
+                name = next((n for n, sm in experiments.items() if sm == (setting, method)), None)
+                if name is None:
+                    continue
+                x = j - 0.4 + (2 * k + 0.5) * width
+                vals = np.array([v for v in per_seed[name][m] if v is not None], float)
+                ax.bar(x, vals.mean(), width, yerr=vals.std(), color=color, alpha=0.8,
+                       label=f"{method} (irmx)" if j == 0 else None, capsize=2)
+                if name in references:
+                    mean, std = references[name][m]
+                    ax.bar(x + width, mean, width, yerr=std, color=color, alpha=0.35,
+                           hatch="//", label=f"{method} (reference)" if j == 0 else None,
+                           capsize=2)
+        ax.set_yscale("log")
+        ax.set_ylabel(f"{label} (log)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1].set_xticks(range(len(settings)), settings)
+    axes[-1].set_xlabel("SEM setting (F/P observed, O/E homo/heteroskedastic, U/S scrambled)")
+    axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(f"IRM synthetic regression: irmx ({num_seeds} seeds) vs the IRM reference "
+                 f"({repetitions} repetitions), mean +- std")
     save_figure(fig, path)
