@@ -60,21 +60,23 @@ def _chain_envs(rng, h, n=500, sigmas=(0.2, 2.0, 5.0), hetero=False):
 
 @jax.jit
 def _icp(x_ExNxD, y_ExN):
-    fit = icp.icp_fit(x_ExNxD, y_ExN, ALPHA)
-    return fit.pvalues_SxE, fit.w_D
+    return icp.icp_fit(x_ExNxD, y_ExN, ALPHA)
 
 
 def _check_against_reference(x, y):
     p_ref, coef_ref, accepted_ref = _reference_icp(x, y)
-    p, w = (np.asarray(v) for v in _icp(x, y))
+    fit = jax.tree.map(np.asarray, _icp(x, y))
+    p = fit.pvalues_SxE
     assert p.shape == p_ref.shape
     big = p_ref > 1e-6
     np.testing.assert_allclose(p[big], p_ref[big], rtol=1e-3)
     np.testing.assert_array_less(p[~big], 2e-6)
-    accepted = p.min(1) * p.shape[1] > ALPHA
-    np.testing.assert_array_equal(accepted, p_ref.min(1) * p.shape[1] > ALPHA)
-    np.testing.assert_allclose(w, coef_ref, rtol=1e-4, atol=1e-5)
-    return w, accepted_ref
+    np.testing.assert_allclose(fit.pvalues_S, p.min(1) * p.shape[1])
+    np.testing.assert_array_equal(fit.accepted_S, p_ref.min(1) * p.shape[1] > ALPHA)
+    features = set.intersection(*accepted_ref) if accepted_ref else set()
+    np.testing.assert_array_equal(np.flatnonzero(fit.features_D), sorted(features))
+    np.testing.assert_allclose(fit.w_D, coef_ref, rtol=1e-4, atol=1e-5)
+    return fit.w_D, accepted_ref
 
 
 def test_subset_masks_in_powerset_order():
@@ -159,12 +161,13 @@ def test_vmap_over_seeds_matches_loop():
     batch = [_chain_envs(rng, h=3, hetero=bool(i % 2)) for i in range(3)]
     x_SxExNxD = jnp.asarray(np.stack([b[0] for b in batch]))
     y_SxExN = jnp.asarray(np.stack([b[1] for b in batch]))
-    p_SxK, w_SxD = jax.jit(jax.vmap(_icp))(x_SxExNxD, y_SxExN)
+    fit_S = jax.jit(jax.vmap(_icp))(x_SxExNxD, y_SxExN)
     for i, (x, y) in enumerate(batch):
-        p, w = _icp(x, y)
-        np.testing.assert_allclose(p_SxK[i], p, rtol=1e-4, atol=1e-7)
-        np.testing.assert_allclose(w_SxD[i], w, rtol=1e-5, atol=1e-6)
-    assert np.any(np.asarray(w_SxD) != 0)
+        fit = _icp(x, y)
+        np.testing.assert_allclose(fit_S.pvalues_SxE[i], fit.pvalues_SxE, rtol=1e-4, atol=1e-7)
+        np.testing.assert_array_equal(fit_S.accepted_S[i], fit.accepted_S)
+        np.testing.assert_allclose(fit_S.w_D[i], fit.w_D, rtol=1e-5, atol=1e-6)
+    assert np.any(np.asarray(fit_S.w_D) != 0)
 
 
 def test_bad_shapes_raise():
