@@ -43,7 +43,7 @@ import numpy as np
 
 from irmx.errors import ArgumentError
 
-_SUBSETS_PER_BLOCK = 128  # residuals of this many subsets at a time: (block, E, N) floats
+_SUBSETS_PER_BLOCK = 64  # residuals of this many subsets at a time: (block, E, N) floats
 _CF_ITERATIONS = 300  # continued-fraction cap; a, b ~ 1e3 converge in under 100
 
 
