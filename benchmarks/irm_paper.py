@@ -3,7 +3,7 @@ its IRM experiment, three ways in one process.
 
 Run::
 
-    python benchmarks/irm_paper.py                       # 32 seeds x 6 penalty weights
+    python benchmarks/irm_paper.py                       # 32 seeds x 6 ERM weights r
     python benchmarks/irm_paper.py --num_seeds=4 --num_steps=500   # quick check
 
 What is measured (FEU, 2 training environments of 1000 samples, x Phi w, Adam lr 1e-3, the
@@ -101,7 +101,7 @@ def main():
     t_c, n, sol_c, _ = time_irmx(a.num_seeds, a.num_steps, True, a.repeats)
     t_f, _, sol_f, data_full = time_irmx(a.num_seeds, a.num_steps, False, a.repeats)
     scale = 100000 / a.num_steps
-    print(f"learners {n} ({a.num_seeds} seeds x 6 penalty weights), {a.num_steps} steps")
+    print(f"learners {n} ({a.num_seeds} seeds x 6 ERM weights r), {a.num_steps} steps")
     print(f"irmx compressed  warm {t_c:.3f} s ({1e6 * t_c / (n * a.num_steps):.3f} "
           f"us/learner-step); 100000 steps ~ {t_c * scale:.0f} s")
     print(f"irmx full data   warm {t_f:.3f} s ({1e6 * t_f / (n * a.num_steps):.3f} "
@@ -114,7 +114,7 @@ def main():
     except ImportError:
         print("torch not installed: no PyTorch reference loop")
     else:
-        weights = get_config("paper").study.irm.vmapped.penalty_weight
+        weights = get_config("paper").study.irm.vmapped.erm_weight
         k = min(a.torch_learners, n)
         t_t = time_torch(data_full, a.num_steps, k, weights) * n / k
         print(f"torch reference  {t_t:.1f} s for all {n} learners (timed {k}, scaled); "

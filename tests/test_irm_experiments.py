@@ -170,8 +170,8 @@ BAD = [
      math.nan),
     ("anneal-neg", _set("criterion.anneal_steps", -1), "criterion.anneal_steps", -1),
     ("mixing", _set("criterion.mixing", "product"), "criterion.mixing", "product"),
-    ("convex-gt-1", _set("criterion.penalty_weight", 1.5, criterion__mixing="convex"),
-     "criterion.penalty_weight", 1.5),
+    ("convex-gt-1", _set("criterion.erm_weight", 1.5, criterion__mixing="convex"),
+     "criterion.erm_weight", 1.5),
     ("manager", _set("gradient_manager.name", "pcgrad"), "gradient_manager.name", "pcgrad"),
     ("manager-with-erm", _set("gradient_manager.name", "adareg", criterion__name="erm"),
      "gradient_manager.name", "adareg"),
@@ -200,9 +200,18 @@ BAD = [
     ("select-by", _set("select_by", "accuracy"), "select_by", "accuracy"),
     # Grid values outside the scalar's range: a convex mixing weight r = 2 would be gradient
     # *ascent* on the penalty.
-    ("convex-vmapped-gt-1", _set("vmapped.penalty_weight", (0.5, 2.0), criterion__mixing="convex",
-                                 criterion__penalty_weight=0.5),
-     "vmapped.penalty_weight", (0.5, 2.0)),
+    ("convex-vmapped-gt-1", _set("vmapped.erm_weight", (0.5, 2.0), criterion__mixing="convex"),
+     "vmapped.erm_weight", (0.5, 2.0)),
+    # A vmapped value that changes nothing: refused, naming what it needs.
+    ("vmapped-penalty-under-erm", _set("vmapped.penalty_weight", (1.0, 10.0),
+                                       criterion__name="erm"), "vmapped.penalty_weight",
+     (1.0, 10.0)),
+    ("vmapped-penalty-under-convex", _set("vmapped.penalty_weight", (1.0, 10.0),
+                                          criterion__mixing="convex"), "vmapped.penalty_weight",
+     (1.0, 10.0)),
+    ("vmapped-alpha-without-adareg", _set("vmapped.alpha", (1.0, 10.0)), "vmapped.alpha",
+     (1.0, 10.0)),
+    ("zipped-beta-without-soft", _set("zipped.beta", (0.5, 0.9)), "zipped.beta", (0.5, 0.9)),
     # Non-finite values where the range is unbounded above, and fractional seeds: bad values too
     # (lr = inf: every learner diverges at step 1; penalty_weight = inf: g * (1 / inf) = nan;
     # seeds (100.5, 101) are silently run as (100, 101)).
@@ -332,3 +341,8 @@ def test_cli_print_config_and_one_line_errors(tmp_path):
     assert len(lines) == 1 and "data.setting" in lines[0] and "XYZ" in lines[0], err
     assert "Traceback" not in err
     assert not (tmp_path / "b").exists()
+
+
+def test_smoke_alone_is_the_default_experiment_named_for_what_it_is():
+    c = get_config("smoke")
+    assert c.name == "irmv1" and c.criterion.name == "irmv1" and c.num_seeds == 4

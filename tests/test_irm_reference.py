@@ -141,7 +141,7 @@ def test_paper_irm_config_is_the_reference_protocol():
     assert sub.criterion.penalty == "vector_dummy" and sub.criterion.risk_reduction == "sum"
     assert sub.criterion.mixing == "convex" and sub.criterion.anneal_steps == 0
     assert sub.model.name == "phi_w" and sub.optim.name == "adam" and sub.optim.lr == 1e-3
-    assert tuple(sub.vmapped.penalty_weight) == (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
+    assert tuple(sub.vmapped.erm_weight) == (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
     assert sub.select_by == "heldout_mse" and sub.num_steps == 100000
     assert tuple(sub.data.train_sigmas) == (0.2, 2.0) and sub.data.heldout_sigma == 5.0
     assert not sub.data.erm_on_all_envs and sub.data.num_samples == 1000 and sub.data.dim == 10

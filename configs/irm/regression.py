@@ -29,7 +29,7 @@ import ml_collections
 from irmx.config_args import learner_axis_fields, parse_arg
 
 EXPERIMENTS = ("base_erm", "base_erm_oracle", "irmv1", "adareg_simple", "adareg")
-PAPER_PENALTY_WEIGHTS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # the reference's r grid
+PAPER_ERM_WEIGHTS = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # the reference's reg grid r
 # the SEM settings in the reference's order (F/P, O/E, U/S)
 SETTINGS = ("FOU", "FOS", "FEU", "FES", "POU", "POS", "PEU", "PES")
 
@@ -59,9 +59,11 @@ def _base():
 
     c.criterion = ml_collections.ConfigDict()
     c.criterion.name = "erm"  # erm | erm_oracle | irmv1
-    c.criterion.penalty_weight = 100.0  # irmv1: lambda after annealing (convex mixing: r in [0,1])
-    c.criterion.anneal_steps = 500  # irmv1: steps with lambda = 1 before lambda applies
+    c.criterion.penalty_weight = 100.0  # irmv1, additive mixing: lambda after annealing
+    c.criterion.anneal_steps = 500  # irmv1, additive: steps with lambda = 1 before lambda applies
     c.criterion.mixing = "additive"  # additive: g_e + lambda g_p | convex: r g_e + (1-r) g_p
+    c.criterion.erm_weight = 0.5  # irmv1, convex mixing: r, the weight of the risk (reference's
+    #                               reg; the penalty gets 1 - r)
     c.criterion.penalty = "scalar_dummy"  # irmv1: scalar_dummy (paper) | vector_dummy (the
     #                                       reference code's; model phi_w)
     c.criterion.risk_reduction = "mean"  # of the training environments' risks: mean | sum
@@ -90,7 +92,7 @@ def _base():
 
     # the learner axis beyond the seeds: vmapped.<name> = (v1, ...) as a product grid, or
     # sampled.num draws per seed from sampled.<name> = (low, high[, "log"]); learners_per_group
-    learner_axis_fields(c, ("lr", "penalty_weight", "alpha", "beta"))
+    learner_axis_fields(c, ("lr", "penalty_weight", "erm_weight", "alpha", "beta"))
     c.select_by = ""  # per seed, pick the grid point with the lowest of this metric
     return c
 
@@ -145,8 +147,8 @@ def _paper(c):
     - ICP: Invariant Causal Prediction on all three environments, alpha = 0.05;
     - IRM: x Phi w with Phi from the identity and w = 1 fixed, Adam lr 1e-3 for 100000 full-batch
       steps on the two training environments, loss r * sum_e R^e + (1 - r) * sum_e
-      mean_k (d R^e / d w_k)^2 (the vector dummy), r in {0, 1e-5, ..., 1e-1} vmapped and picked
-      per seed by MSE on the third environment.
+      mean_k (d R^e / d w_k)^2 (the vector dummy), r (``erm_weight``, the reference's ``reg``)
+      in {0, 1e-5, ..., 1e-1} vmapped and picked per seed by MSE on the third environment.
 
     Each environment's 1000 samples are replaced by their exact 11-row least-squares stand-in
     (``data.compress``), so 100000 steps of 192 learners take minutes. ``scalar_dummy`` switches
@@ -159,12 +161,11 @@ def _paper(c):
         "icp": {"solver": "icp", "reference_method": "ICP", **closed_form},
         "irm": {
             "criterion": {"name": "irmv1", "mixing": "convex", "anneal_steps": 0,
-                          "penalty_weight": 1e-3, "penalty": "vector_dummy",
-                          "risk_reduction": "sum"},
+                          "penalty": "vector_dummy", "risk_reduction": "sum"},
             "model": {"name": "phi_w"},
             "data": {"compress": True},
             "optim": {"lr": 1e-3},
-            "vmapped": {"penalty_weight": PAPER_PENALTY_WEIGHTS},
+            "vmapped": {"erm_weight": PAPER_ERM_WEIGHTS},
             "select_by": "heldout_mse",
             "reference_method": "IRM",
         },
@@ -203,6 +204,8 @@ def get_config(arg=None):
     ``,all_settings``), or any of them + ``,smoke``."""
     a = parse_arg(arg or "irmv1", variants=(*OVERRIDES, "study", "paper", "scalar_dummy",
                                              "all_settings", "smoke"))
+    if not set(a.variants) & {*OVERRIDES, "study", "paper"}:
+        a.variants = ("irmv1", *a.variants)  # modifiers alone apply to the default experiment
     c = _base()
     for part in a.variants:
         if part in OVERRIDES:

@@ -32,11 +32,12 @@ SOLVERS = ("gradient", "least_squares", "icp")
 REFERENCE_METHODS = ("", "ERM", "ICP", "IRM")
 MIXINGS = ("additive", "convex")
 # config.vmapped.<name> -> the injected optimizer hyperparameter it sets
-VMAPPABLE = {"lr": "learning_rate", "penalty_weight": "penalty_weight", "alpha": "alpha",
-             "beta": "beta"}
+VMAPPABLE = {"lr": "learning_rate", "penalty_weight": "penalty_weight",
+             "erm_weight": "erm_weight", "alpha": "alpha", "beta": "beta"}
 # (low, high, low_open) of each vmappable (or sampled) value
 AXIS_RANGES = {"lr": (0.0, math.inf, True), "penalty_weight": (0.0, math.inf, False),
-               "alpha": (0.0, math.inf, False), "beta": (0.0, 0.999999, False)}
+               "erm_weight": (0.0, 1.0, False), "alpha": (0.0, math.inf, False),
+               "beta": (0.0, 0.999999, False)}
 TABLE_METRICS = ("causal_error", "noncausal_error", "heldout_mse")
 REFERENCE_METRICS = ("causal_error", "noncausal_error")
 
@@ -87,8 +88,7 @@ def validate(config) -> None:
         cc.fail("criterion.penalty", "vector_dummy",
                 "'scalar_dummy' unless config.model.name='phi_w' (the dummy w of x Phi w)")
     cc.choice(config, "criterion.risk_reduction", criteria.RISK_REDUCTIONS)
-    if config.criterion.mixing == "convex":
-        cc.number(config, "criterion.penalty_weight", 0.0, 1.0)
+    cc.number(config, "criterion.erm_weight", 0.0, 1.0)
     cc.choice(config, "gradient_manager.name", gm.MANAGERS)
     if config.gradient_manager.name != "none" and config.criterion.name != "irmv1":
         cc.fail("gradient_manager.name", config.gradient_manager.name,
@@ -106,10 +106,45 @@ def validate(config) -> None:
     cc.number(config, "checkpoint_every", 1, integer=True)
     cc.multiple_of(config, "checkpoint_every", "chunk_steps")
     cc.learner_axis(config, AXIS_RANGES)
-    if config.criterion.mixing == "convex" and config.vmapped.get("penalty_weight"):
-        cc.numbers(config, "vmapped.penalty_weight", 0.0, 1.0)
+    for name, section in axis_values(config):
+        why = _no_effect(config, name)
+        if why:
+            cc.fail(f"{section}.{name}", tuple(config[section][name]),
+                    f"() here: {name} has no effect {why} (every learner would train alike)")
     if config.select_by and config.select_by not in TABLE_METRICS + ("risk", "penalty"):
         cc.fail("select_by", config.select_by, "'' or one of " + ", ".join(TABLE_METRICS))
+
+
+def axis_values(config) -> list[tuple[str, str]]:
+    """(name, section) of every value on the learner axis beyond the seeds (vmapped, zipped
+    or sampled)."""
+    out = []
+    for section in ("vmapped", "zipped", "sampled"):
+        for name, values in (config.get(section, {}) or {}).items():
+            if name not in ("num", "seed") and values:
+                out.append((name, section))
+    return out
+
+
+def _no_effect(config, name: str) -> str:
+    """Why the hyperparameter ``name`` changes nothing under ``config`` ('' when it does)."""
+    c, m = config.criterion, config.gradient_manager
+    if config.solver != "gradient":
+        return f"with config.solver={config.solver!r} (a closed form, no optimizer)"
+    needs = {
+        "penalty_weight": (c.name == "irmv1" and m.name == "none" and c.mixing == "additive",
+                           "unless config.criterion.name='irmv1', config.criterion.mixing="
+                           "'additive' and config.gradient_manager.name='none'"),
+        "erm_weight": (c.name == "irmv1" and m.name == "none" and c.mixing == "convex",
+                       "unless config.criterion.name='irmv1', config.criterion.mixing='convex' "
+                       "and config.gradient_manager.name='none'"),
+        "alpha": (c.name == "irmv1" and m.name in ("adareg", "soft_adareg"),
+                  "unless config.gradient_manager.name is 'adareg' or 'soft_adareg'"),
+        "beta": (c.name == "irmv1" and m.name == "soft_adareg",
+                 "unless config.gradient_manager.name='soft_adareg'"),
+    }
+    effective, why = needs.get(name, (True, ""))
+    return "" if effective else why
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -117,18 +152,20 @@ def make_optimizer(config) -> optax.GradientTransformation:
     learning rate and the combiner's scalars are injected (vmappable) hyperparameters."""
     c, m, o = config.criterion, config.gradient_manager, config.optim
 
-    def combiner(penalty_weight, alpha, beta):
+    def combiner(penalty_weight, erm_weight, alpha, beta):
         if c.name != "irmv1":
             return sum_terms()
+        if m.name == "none" and c.mixing == "convex":
+            return gm.convex_mix(erm_weight)
         if m.name == "none":
-            return gm.weighted_sum(penalty_weight, c.anneal_steps, rescale=True,
-                                   convex=c.mixing == "convex")
+            return gm.weighted_sum(penalty_weight, c.anneal_steps, rescale=True)
         soft_beta = beta if m.name == "soft_adareg" else 0.0
         return gm.adareg(alpha, soft_beta, m.eps, per_tensor=m.per_tensor)
 
     return optim.make_optimizer(
         o.name, o.lr, momentum=o.momentum, combiner=combiner,
-        combiner_hparams=dict(penalty_weight=c.penalty_weight, alpha=m.alpha, beta=m.beta))
+        combiner_hparams=dict(penalty_weight=c.penalty_weight, erm_weight=c.erm_weight,
+                              alpha=m.alpha, beta=m.beta))
 
 
 def make_data(config, key):

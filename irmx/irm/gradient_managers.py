@@ -8,6 +8,7 @@ Each takes gradients stacked along a leading axis of two terms, g = (g_e, g_p), 
 - ``weighted_sum``: g_e + lambda_t g_p with IRM's annealing: lambda_t = 1 while step <
   ``anneal_steps``, then ``penalty_weight``; when lambda_t > 1 the whole gradient is divided by
   lambda_t (the IRM reference's colored-MNIST rescaling, which keeps the step size bounded).
+- ``convex_mix``: r g_e + (1 - r) g_p, r = ``erm_weight`` (the reference's synthetic study).
 - ``adareg``: lambda_t = alpha ||g_e|| / (||g_p|| + eps), so the penalty always contributes the
   fraction alpha of the ERM gradient's norm; global norms over the whole model
   (``per_tensor=False``, the seed's ``adareg_simple``) or one lambda per parameter tensor
@@ -30,13 +31,8 @@ class WeightedSumState(NamedTuple):
     penalty_weight: jax.Array  # lambda_t of the last step (for logging)
 
 
-def weighted_sum(penalty_weight, anneal_steps: int = 0, rescale: bool = True,
-                 convex: bool = False):
-    """g = (g_e + lambda_t g_p) / max(lambda_t, 1) if rescale else g_e + lambda_t g_p.
-
-    ``convex=True`` is the IRM reference's synthetic-study form, g = r g_e + (1 - r) g_p with
-    r = ``penalty_weight`` in [0, 1] (no annealing, no rescaling).
-    """
+def weighted_sum(penalty_weight, anneal_steps: int = 0, rescale: bool = True):
+    """g = (g_e + lambda_t g_p) / max(lambda_t, 1) if rescale else g_e + lambda_t g_p."""
 
     def init_fn(params):
         del params
@@ -44,14 +40,32 @@ def weighted_sum(penalty_weight, anneal_steps: int = 0, rescale: bool = True,
 
     def update_fn(updates, state, params=None):
         del params
-        if convex:
-            r = jnp.asarray(penalty_weight, jnp.float32)
-            out = jax.tree.map(lambda g: r * g[0] + (1.0 - r) * g[1], updates)
-            return out, WeightedSumState(state.count + 1, r)
         lam = jnp.where(state.count < anneal_steps, 1.0, penalty_weight).astype(jnp.float32)
         scale = jnp.where(lam > 1.0, 1.0 / lam, 1.0) if rescale else 1.0
         out = jax.tree.map(lambda g: (g[0] + lam * g[1]) * scale, updates)
         return out, WeightedSumState(state.count + 1, lam)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+class ConvexMixState(NamedTuple):
+    count: jax.Array
+
+
+def convex_mix(erm_weight):
+    """g = r g_e + (1 - r) g_p with r = ``erm_weight`` in [0, 1]: the IRM reference's
+    synthetic-study objective r * error + (1 - r) * penalty (its ``reg``; r = 0 is the penalty
+    alone), from the first step (no annealing, no rescaling)."""
+
+    def init_fn(params):
+        del params
+        return ConvexMixState(jnp.zeros((), jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        del params
+        r = jnp.asarray(erm_weight, jnp.float32)
+        out = jax.tree.map(lambda g: r * g[0] + (1.0 - r) * g[1], updates)
+        return out, ConvexMixState(state.count + 1)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
