@@ -391,6 +391,114 @@ def test_measures_values_match_dense_jacobian_svd(trained, measured):
         np.testing.assert_allclose(rec["mean"], np.mean(rec["values"]), rtol=1e-6)
 
 
+SEED_METADATA_KEYS = ["model", "dataset", "split", "seed", "label-noise", "augmentation",
+                      "checkpoint", "nsamples", "label-noise-seed", "data-split-seed",
+                      "mc-sample-seed", "metric", "normalization", "sampling-strategy"]
+
+
+def test_per_batch_json_has_the_seed_codes_fields(trained, measured):
+    """The fields the seed's compute_stats.py writes (and its analysis scripts read): stats as
+    stat.view(batch_size, -1).tolist(), sample_ids = data-set indices (rows of the digits' train
+    pool), targets = the noisy labels trained on, ground_truths = the clean ones, metadata."""
+    pool_x, pool_y = images_lib.load_image_data("digits")["train"]
+    corrupted_seen = 0
+    for (seed, ckpt, _), rec in measured.files.items():
+        n = SEEDS.index(seed)
+        assert rec["stats"] == [[v] for v in rec["values"]]
+        ids = rec["sample_ids"]
+        assert all(type(i) is int for i in ids + rec["targets"] + rec["ground_truths"])
+        np.testing.assert_array_equal(ids, trained.data["train_idx"][n][rec["indices"]])
+        x, labels, corrupted = split_points(trained, n, rec["indices"])
+        np.testing.assert_array_equal(pool_x[ids], x)  # the images measured
+        assert rec["targets"] == labels.tolist()  # noisy where corrupted
+        assert rec["ground_truths"] == pool_y[ids].tolist()
+        assert rec["ground_truths"] == trained.data["clean_labels"][n][rec["indices"]].tolist()
+        differs = np.array(rec["targets"]) != np.array(rec["ground_truths"])
+        np.testing.assert_array_equal(differs, corrupted)
+        corrupted_seen += differs.sum()
+        assert list(rec["metadata"]) == SEED_METADATA_KEYS
+        assert rec["metadata"] == {
+            "model": "mlp_32", "dataset": "digits", "split": "train", "seed": seed,
+            "label-noise": 0.2, "augmentation": False, "checkpoint": ckpt, "nsamples": 40,
+            "label-noise-seed": seed, "data-split-seed": seed, "mc-sample-seed": 0,
+            "metric": "jacobian_operator_norm", "normalization": None,
+            "sampling-strategy": "none"}
+    assert corrupted_seen > 0
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_sample_ids_of_val_and_test_index_the_data_set(trained, split, tmp_path):
+    out = str(tmp_path / split)
+    measures.run(measures_config(trained.workdir, metric="accuracy", dataset_split=split,
+                                 num_samples=20), out, progress=False)
+    files = batch_files(out, metric="accuracy", split=split)
+    assert set(files) == {(s, 1, 0) for s in SEEDS}
+    x_all, y_all = images_lib.load_image_data("digits")["train" if split == "val" else "test"]
+    for (seed, _, _), rec in files.items():
+        n = SEEDS.index(seed)
+        ids = np.asarray(rec["sample_ids"])
+        positions = (trained.data["val_idx"][n][rec["indices"]] if split == "val"
+                     else np.asarray(rec["indices"]))
+        np.testing.assert_array_equal(ids, positions)
+        assert rec["targets"] == rec["ground_truths"] == y_all[ids].tolist()  # clean labels
+        params = learner_params(trained.ckpt_states[1], n)
+        pred = np.argmax(np.asarray(trained.program.model.apply(params, x_all[ids])), -1)
+        np.testing.assert_array_equal(rec["values"], (pred == y_all[ids]).astype(float))
+        assert rec["metadata"]["split"] == split and not any(rec["corrupted"])
+
+
+def test_seed_metadata_names_the_data_seed_that_reproduces_the_data(trained):
+    """label-noise-seed = data-split-seed = the learner's data seed: its data_seed coordinate,
+    else data.data_seed >= 0, else its seed; a learner given that seed as data_seed gets the
+    same split and noise."""
+    m = measures_config(trained.workdir)
+    row = {"seed": 43, "checkpoint": 1, "epoch": 2}
+    meta = measures.seed_metadata(m, trained.config, row)
+    assert (meta["label-noise-seed"], meta["data-split-seed"], meta["mc-sample-seed"]) == (
+        43, 43, 0)
+    shared = train_config(**{"data.data_seed": 7})
+    assert measures.seed_metadata(m, shared, row)["data-split-seed"] == 7
+    own = measures.seed_metadata(m, shared, {**row, "data_seed": 9, "label_noise": 0.4})
+    assert (own["label-noise-seed"], own["data-split-seed"], own["label-noise"]) == (9, 9, 0.4)
+    pool_y = jnp.asarray(images_lib.load_image_data("digits")["train"][1])
+    as_seed = classify.learner_data(trained.config, {"seed": jnp.uint32(43)}, pool_y, 10)
+    as_data_seed = classify.learner_data(
+        trained.config, {"seed": jnp.uint32(0), "data_seed": jnp.uint32(43)}, pool_y, 10)
+    for k in ("train_idx", "val_idx", "train_labels", "corrupted"):
+        np.testing.assert_array_equal(as_seed[k], as_data_seed[k], err_msg=k)
+        np.testing.assert_array_equal(as_seed[k], trained.data[k][1], err_msg=k)
+
+
+def test_adaptive_hutchinson_through_the_driver(trained, tmp_path, capsys):
+    """mode matrix_free for the Frobenius norm: per point as many probes as reach rel_error, the
+    standard error in each record, the mean's in the summary and the printed table."""
+    out = str(tmp_path / "hutchinson")
+    rel_error = 0.05
+    summary = measures.run(measures_config(trained.workdir, metric="jacobian",
+                                           mode="matrix_free", rel_error=rel_error,
+                                           num_samples=20), out, progress=True)
+    printed = capsys.readouterr().out
+    files = batch_files(out, metric="jacobian")
+    assert set(files) == {(s, 1, 0) for s in SEEDS}
+    for n, seed in enumerate(SEEDS):
+        rec = files[(seed, 1, 0)]
+        values, stderr = np.array(rec["values"]), np.array(rec["stderr"])
+        x, _, _ = split_points(trained, n, rec["indices"])
+        _, exact = dense_norms(trained, learner_params(trained.ckpt_states[1], n), x)
+        assert all(rec["converged"]) and (stderr <= rel_error * values).all()
+        assert min(rec["probes"]) >= 32
+        assert (np.abs(values - exact) < 4.5 * stderr).all()
+        row = summary["learners"][n]
+        np.testing.assert_allclose(row["jacobian_stderr"], np.sqrt(np.sum(stderr**2)) / 20,
+                                   rtol=1e-6)
+        np.testing.assert_allclose(row["probes"], np.mean(rec["probes"]))
+        assert row["converged_fraction"] == 1.0
+    table = measures.format_summary(summary)
+    assert table.splitlines()[1].split() == ["seed", "ckpt", "epoch", "jacobian", "stderr",
+                                             "probes", "clean", "corrupted"]
+    assert table in printed
+
+
 def test_measures_summary_means_clean_and_corrupted(measured):
     summary = wd.read_json(os.path.join(measured.workdir, "summary.json"))
     assert summary["metric"] == "jacobian_operator_norm" and summary["split"] == "train"
@@ -649,9 +757,20 @@ def test_every_setting_that_changes_a_number_has_its_own_file(trained):
     more_probes = measures_config(trained.workdir, metric="jacobian", mode="matrix_free",
                                   num_probes=3)
     assert path(frobenius) != path(more_probes)
+    adaptive = measures_config(trained.workdir, metric="jacobian", mode="matrix_free")
+    for overrides in ({"rel_error": 0.02}, {"max_probes": 1024}, {"probe_space": "input"},
+                      {"num_probes": 64}):
+        changed_ = measures_config(trained.workdir, metric="jacobian", mode="matrix_free",
+                                   **overrides)
+        assert path(changed_) != path(adaptive), overrides
+    fixed = measures_config(trained.workdir, metric="jacobian", mode="matrix_free", num_probes=3)
+    assert path(fixed) == path(measures_config(trained.workdir, metric="jacobian",
+                                               mode="matrix_free", num_probes=3,
+                                               rel_error=0.5))  # fixed count: unused
     exact = measures_config(trained.workdir, metric="jacobian", mode="per_output")
     assert path(exact) == path(measures_config(trained.workdir, metric="jacobian", mode="",
-                                               num_probes=3))  # exact: probes unused
+                                               num_probes=3, rel_error=0.5,
+                                               probe_space="input"))  # exact: probes unused
     # the source run's training settings and the learner's vmapped coordinates count too
     assert path(t=train_config(**{"optim.lr": 0.1})) != path()
     assert path(t=train_config(eval_every=1, checkpoint_every=2)) == path()
@@ -659,26 +778,37 @@ def test_every_setting_that_changes_a_number_has_its_own_file(trained):
     assert path(coords={"seed": 42}) == path()
 
 
-@pytest.mark.parametrize("overrides", [
-    {"target_logit_only": True},
-    {"mc_sample_seed": 1},
-    {"mode": "matrix_free", "tol": 0.0, "atol": 0.5, "max_iters": 2},
+FROBENIUS = {"metric": "jacobian", "mode": "matrix_free"}
+
+
+@pytest.mark.parametrize("base_overrides, overrides", [
+    ({}, {"target_logit_only": True}),
+    ({}, {"mc_sample_seed": 1}),
+    ({}, {"mode": "matrix_free", "tol": 0.0, "atol": 0.5, "max_iters": 2}),
+    ({**FROBENIUS, "num_probes": 8}, {"num_probes": 0, "rel_error": 0.05}),
 ])
-def test_runs_sharing_an_output_dir_keep_their_own_numbers(trained, overrides, tmp_path):
+def test_runs_sharing_an_output_dir_keep_their_own_numbers(trained, base_overrides, overrides,
+                                                           tmp_path, capsys):
     """Two measures runs that differ in one setting, writing to one output_dir: the second
-    computes its own numbers (those of the same run alone) instead of reusing the first's."""
+    computes and prints its own numbers (those of the same run alone) instead of reusing the
+    first's (the bug: a target_logit_only run printing the full Jacobian's mean)."""
     shared, alone = str(tmp_path / "shared"), str(tmp_path / "alone")
-    base = dict(num_samples=20, mode="per_output", output_dir=shared)
-    first = measures.run(measures_config(trained.workdir, **base), str(tmp_path / "w0"),
-                         progress=False)
-    second = measures.run(measures_config(trained.workdir, **{**base, **overrides}),
-                          str(tmp_path / "w1"), progress=False)
-    reference = measures.run(
-        measures_config(trained.workdir, **{**base, **overrides, "output_dir": alone}),
-        str(tmp_path / "w2"), progress=False)
-    metric = "jacobian_operator_norm"
+    base = {"num_samples": 20, "mode": "per_output", "output_dir": shared, **base_overrides}
+
+    def run(name, **settings):
+        summary = measures.run(measures_config(trained.workdir, **settings),
+                               str(tmp_path / name), progress=True)
+        table = measures.format_summary(summary)
+        assert table in capsys.readouterr().out  # what it printed
+        return summary, table.splitlines()[2:2 + len(SEEDS)]  # the per-seed rows
+
+    first, first_rows = run("w0", **base)
+    second, second_rows = run("w1", **{**base, **overrides})
+    reference, reference_rows = run("w2", **{**base, **overrides, "output_dir": alone})
+    metric = base.get("metric", "jacobian_operator_norm")
     assert [r[metric] for r in second["learners"]] == [r[metric] for r in reference["learners"]]
     assert [r[metric] for r in second["learners"]] != [r[metric] for r in first["learners"]]
+    assert second_rows == reference_rows and second_rows != first_rows
     files = glob.glob(os.path.join(shared, "**", "*.json"), recursive=True)
     assert len(files) == 2 * len(SEEDS)  # both runs' files, side by side
 

@@ -203,6 +203,10 @@ def test_study_order_without_a_study_is_refused():
     ("measures", {"metric": "lipschitz"}, "metric", "lipschitz"),
     ("measures", {"normalization": "l2"}, "normalization", "l2"),
     ("measures", {"max_iters": 0}, "max_iters", 0),
+    ("measures", {"num_probes": -1}, "num_probes", -1),
+    ("measures", {"rel_error": 0.0}, "rel_error", 0.0),
+    ("measures", {"max_probes": 100}, "max_probes", 100),  # not a multiple of 16
+    ("measures", {"probe_space": "both"}, "probe_space", "both"),
 ])
 def test_drivers_name_the_config_key_of_a_value_the_library_refuses(family, overrides, key,
                                                                      value):

@@ -239,7 +239,8 @@ def test_vmap_over_learners_equals_per_learner():
                 # Batched and unbatched convolutions round differently (~1e-7), which can move
                 # a relative change of ~tol across the threshold: one iteration more or less.
                 np.testing.assert_array_equal(got["converged"][i], one["converged"])
-                assert np.abs(got["iterations"][i] - one["iterations"]).max() <= 1
+                if one["iterations"] is not None:  # (Hutchinson reports probes instead)
+                    assert np.abs(got["iterations"][i] - one["iterations"]).max() <= 1
 
 
 @pytest.mark.parametrize("probe_space", ["output", "input"])
@@ -326,3 +327,133 @@ def test_looped_backward_passes_use_canonical_conv_kernels():
         fn = measures.make_metric_fn(name, apply_fn, mode=mode)
         hlo = jax.jit(fn).lower(params, x, y, None).compile().as_text()
         assert set(re.findall(r"dim_labels=([^,\s]+)", hlo)) == {"b01f_01io->b01f"}, name
+
+
+# ---------------------------------------------------------------------------------------------
+# Hutchinson's estimate with its standard error; adaptive probes (num_probes=0, rel_error)
+
+
+def _exact_frobenius(apply_fn, params, x, y, normalization="none"):
+    jacs = _reference_jacobians(apply_fn, params, x, y, normalization)
+    return jacs, np.linalg.norm(jacs.reshape(jacs.shape[0], -1), axis=1)
+
+
+def test_adaptive_hutchinson_reaches_the_requested_relative_error():
+    """Over 64 points x 8 probe keys, the adaptive estimate's actual relative error of ||J||_F
+    has an rms near the requested rel_error (a rule stopping at half or twice the error would
+    land outside [0.6, 1.35] rel_error), few errors beyond 3 rel_error, and the reported
+    standard error describes the actual error (z-scores of rms ~1)."""
+    rel_error, reps = 0.02, 8
+    apply_fn, params, x, y = _setup("mlp", batch=64)
+    _, exact = _exact_frobenius(apply_fn, params, x, y)
+    fn = measures.make_metric_fn("jacobian", apply_fn, mode="matrix_free", rel_error=rel_error)
+    keys = jax.random.split(jax.random.key(21), reps)
+    out = jax.tree.map(np.asarray, jax.jit(jax.vmap(fn, in_axes=(None, None, None, 0)))(
+        params, x, y, keys))
+    err = out["values"] / exact - 1.0
+    rms = np.sqrt(np.mean(err**2))
+    assert 0.6 * rel_error < rms < 1.35 * rel_error, rms
+    assert np.mean(np.abs(err) > 3 * rel_error) < 0.02
+    assert out["converged"].all() and (out["stderr"] <= rel_error * out["values"] + 1e-7).all()
+    z = (out["values"] - exact) / out["stderr"]
+    assert 0.7 < np.sqrt(np.mean(z**2)) < 1.4
+    # probes in blocks of 16 from 32 on; the points need different numbers of them
+    probes = out["probes"]
+    assert (probes >= 32).all() and (probes % 16 == 0).all() and probes.max() > probes.min()
+    # a tighter request takes about (2x)^2 = 4x the probes
+    tight = measures.make_metric_fn("jacobian", apply_fn, mode="matrix_free",
+                                    rel_error=rel_error / 2)
+    more = np.asarray(jax.jit(tight)(params, x, y, keys[0])["probes"])
+    assert 2.5 < more.mean() / probes[0].mean() < 6
+
+
+@pytest.mark.parametrize("probe_space", ["output", "input"])
+def test_hutchinson_stderr_matches_the_exact_variance(probe_space):
+    """The reported variance s^2 / n of the mean is unbiased for hutchinson_variance / n, and
+    the norm's standard error is its square root / (2 ||J||) (delta method)."""
+    apply_fn, params, x, y = _setup("mlp")
+    jacs, _ = _exact_frobenius(apply_fn, params, x, y)
+    num_probes, reps = 16, 200
+    exact_var = np.asarray(measures.hutchinson_variance(jnp.asarray(jacs), probe_space,
+                                                        num_probes))
+    out_fn = measures.make_output_fn(apply_fn, params)
+    est = jax.jit(jax.vmap(lambda k: measures.hutchinson_frobenius(
+        out_fn, x, k, num_probes=num_probes, probe_space=probe_space)))
+    got = jax.tree.map(np.asarray, est(jax.random.split(jax.random.key(12), reps)))
+    assert (got["probes"] == num_probes).all() and got["converged"].all()
+    ratio = got["sq_var"].mean(0) / exact_var
+    assert ((ratio > 0.85) & (ratio < 1.15)).all(), ratio
+    fn = measures.make_metric_fn("jacobian", apply_fn, mode="matrix_free",
+                                 num_probes=num_probes, probe_space=probe_space)
+    key = jax.random.key(12)
+    metric = jax.tree.map(np.asarray, jax.jit(fn)(params, x, y, key))
+    one = jax.tree.map(np.asarray, jax.jit(lambda k: measures.hutchinson_frobenius(
+        out_fn, x, k, num_probes=num_probes, probe_space=probe_space))(key))
+    np.testing.assert_allclose(metric["values"], np.sqrt(one["sq"]), rtol=1e-6)
+    np.testing.assert_allclose(metric["stderr"], np.sqrt(one["sq_var"]) / (2 * metric["values"]),
+                               rtol=1e-5)
+
+
+def test_adaptive_hutchinson_is_the_fixed_estimate_at_the_probes_it_used():
+    # Probe j comes from fold_in(key, j): a point that stopped after p probes holds exactly the
+    # fixed p-probe estimate (its statistics froze while the others went on).
+    apply_fn, params, x, y = _setup("conv", batch=8)
+    out_fn = measures.make_output_fn(apply_fn, params)
+    key = jax.random.key(4)
+    adaptive = jax.tree.map(np.asarray, jax.jit(lambda k: measures.hutchinson_frobenius(
+        out_fn, x, k, rel_error=0.03))(key))
+    for p in sorted(set(adaptive["probes"].tolist())):
+        fixed = jax.jit(lambda k, p=p: measures.hutchinson_frobenius(out_fn, x, k,
+                                                                       num_probes=p))(key)
+        at = adaptive["probes"] == p
+        np.testing.assert_allclose(adaptive["sq"][at], np.asarray(fixed["sq"])[at], rtol=1e-5)
+        np.testing.assert_allclose(adaptive["sq_var"][at], np.asarray(fixed["sq_var"])[at],
+                                   rtol=1e-3)
+
+
+def test_adaptive_hutchinson_caps_the_probes_and_is_exact_for_one_output():
+    apply_fn, params, x, y = _setup("conv")
+    capped = _run("jacobian", apply_fn, params, x, y, jax.random.key(0), mode="matrix_free",
+                  rel_error=1e-4, max_probes=48)
+    assert (capped["probes"] == 48).all() and not capped["converged"].any()
+    assert (capped["stderr"] > 1e-4 * capped["values"]).all()
+    for normalization, target in (("crossentropy", False), ("softmax", True)):
+        exact = _run("jacobian", apply_fn, params, x, y, normalization=normalization,
+                     target_logit_only=target)
+        one = _run("jacobian", apply_fn, params, x, y, normalization=normalization,
+                   target_logit_only=target, mode="matrix_free")  # adaptive, K = 1
+        np.testing.assert_allclose(one["values"], exact["values"], rtol=1e-5)
+        assert (one["stderr"] == 0).all() and (one["probes"] == 1).all()
+        assert one["converged"].all()
+
+
+def test_adaptive_hutchinson_vmapped_over_learners_equals_per_learner():
+    per_set = [_setup("mlp", seed=s) for s in range(3)]
+    apply_fn, _, x, y = per_set[0]
+    params_n = _stack([p for _, p, _, _ in per_set])
+    key = jax.random.key(3)
+    fn = measures.make_metric_fn("jacobian", apply_fn, mode="matrix_free", rel_error=0.03)
+    vmapped = jax.jit(jax.vmap(fn, in_axes=(0, None, None, None)))(params_n, x, y, key)
+    single = jax.jit(fn)
+    same = []
+    for i in range(3):
+        one = single(per_set[i][1], x, y, key)
+        # the same probes, unless batched rounding moves a stopping test across its threshold
+        eq = np.asarray(vmapped["probes"][i]) == np.asarray(one["probes"])
+        np.testing.assert_allclose(np.asarray(vmapped["values"][i])[eq],
+                                   np.asarray(one["values"])[eq], rtol=1e-5)
+        same.append(eq)
+    assert np.mean(same) >= 0.8
+
+
+@pytest.mark.parametrize("options, argument, value", [
+    (dict(num_probes=-1), "num_probes", "-1"),
+    (dict(rel_error=0.0), "rel_error", "0.0"),
+    (dict(max_probes=100), "max_probes", "100"),  # not a multiple of the block (16)
+    (dict(max_probes=16), "max_probes", "16"),  # below the minimum (32)
+    (dict(probe_space="both"), "probe_space", "'both'"),
+])
+def test_bad_hutchinson_options_name_the_argument(options, argument, value):
+    with pytest.raises(ArgumentError) as err:
+        measures.make_metric_fn("jacobian", MLP().apply, mode="matrix_free", **options)
+    assert str(err.value).startswith(f"make_metric_fn: {argument}={value} is invalid; allowed: ")

@@ -74,6 +74,15 @@ def validate(config, num_pool=None) -> None:
                 "() unless config.optim.name='sgd' with config.optim.momentum > 0")
 
 
+def data_coords(config, coords):
+    """``coords`` with the seed role of the learner's data streams (data_split, label_noise):
+    its ``data_seed`` coordinate, else ``config.data.data_seed`` when >= 0; without either the
+    streams come from its ``seed`` (``irmx.learners.learner_stream``)."""
+    if "data_seed" not in coords and config.data.data_seed >= 0:
+        return {**coords, "data_seed": jnp.uint32(config.data.data_seed)}
+    return coords
+
+
 def learner_data(config, coords, pool_labels, num_classes: int):
     """A learner's split, noisy training labels and shuffle key (pure; vmapped over learners).
 
@@ -82,8 +91,7 @@ def learner_data(config, coords, pool_labels, num_classes: int):
     that coordinate, else from ``config.data.data_seed`` when >= 0 (shared by every learner),
     else from the learner's seed."""
     d = config.data
-    if "data_seed" not in coords and d.data_seed >= 0:
-        coords = {**coords, "data_seed": jnp.uint32(d.data_seed)}
+    coords = data_coords(config, coords)
     train_idx, val_idx = images_lib.split_train_val(
         pool_labels.shape[0], d.train_split, d.val_split, learner_stream(coords, "data_split"))
     clean = pool_labels[train_idx]

@@ -31,6 +31,7 @@ from irmx.experiments.loop import Program, Progress, run_program
 from irmx.io import runs, tables
 from irmx.io import workdir as wd
 from irmx.learners import LearnerAxis, zip_factor
+from irmx.measures import jacobian as jacobian_lib
 
 SPLITS = ("train", "val", "test")
 # The source data that is per learner (the rest, images and the test split, is shared).
@@ -80,7 +81,13 @@ def validate(config, train_config=None) -> None:
     if config.target_logit_only and config.normalization == "crossentropy":
         cc.fail("target_logit_only", True, "False with config.normalization='crossentropy'")
     cc.number(config, "max_iters", 1, integer=True)
-    cc.number(config, "num_probes", 1, integer=True)
+    cc.number(config, "num_probes", 0, integer=True)  # 0 = adaptive (rel_error)
+    cc.number(config, "rel_error", 0.0, low_open=True)
+    block, least = jacobian_lib.HUTCHINSON_BLOCK, jacobian_lib.HUTCHINSON_MIN_PROBES
+    cc.number(config, "max_probes", least, integer=True)
+    if config.max_probes % block:
+        cc.fail("max_probes", config.max_probes, f"a multiple of {block}, >= {least}")
+    cc.choice(config, "probe_space", jacobian_lib.PROBE_SPACES)
     if train_config is not None:
         n_ckpt = len(train_config.checkpoint_epochs)
         cc.number(config, "checkpoint", -1, n_ckpt - 1, integer=True)
@@ -124,8 +131,10 @@ def result_identity(config, train_config, coords=None) -> dict:
                  mode=mode)
         if mode in ("", "matrix_free") and operator:
             m.update(tol=config.tol, atol=config.atol, max_iters=config.max_iters)
-        elif mode == "matrix_free":
-            m.update(num_probes=config.num_probes)
+        elif mode == "matrix_free":  # Hutchinson
+            m.update(num_probes=config.num_probes, probe_space=config.probe_space)
+            if config.num_probes == 0:  # adaptive
+                m.update(rel_error=config.rel_error, max_probes=config.max_probes)
     trained = {k: v for k, v in wd.flatten(train_config.to_dict()).items()
                if not any(k == u or k.startswith(u + ".") for u in SOURCE_UNUSED)}
     learner = {k: v for k, v in (coords or {}).items() if k != "seed"}
@@ -212,9 +221,13 @@ def build_program(config, workdir: str, progress: bool = True) -> Program:
         out = measures.compute_metric(
             config.metric, apply_fn, params, xb, yb, normalization=config.normalization,
             mode=mode, target_logit_only=config.target_logit_only, key=key, tol=config.tol,
-            atol=config.atol, max_iters=config.max_iters, num_probes=config.num_probes)
-        conv = out.get("converged")
-        return out["values"], (jnp.ones_like(out["values"], bool) if conv is None else conv)
+            atol=config.atol, max_iters=config.max_iters, num_probes=config.num_probes,
+            rel_error=config.rel_error, max_probes=config.max_probes,
+            probe_space=config.probe_space)
+        if out.get("converged") is None:
+            out["converged"] = jnp.ones_like(out["values"], bool)
+        # stderr / probes: arrays for an estimate (Hutchinson), None (absent) otherwise
+        return {k: out.get(k) for k in ("values", "converged", "stderr", "probes")}
 
     in_pts = None if config.dataset_split == "test" else 0
     per_learner = jax.jit(jax.vmap(one, in_axes=(0, in_pts, in_pts, None)))
@@ -266,8 +279,9 @@ def build_program(config, workdir: str, progress: bool = True) -> Program:
                          for i, n in zip(index, src)]
                 done = _reusable(paths, identities)
                 if done is None:
-                    done = _measure_batch(config, data, state["variables"], idx, b, mode,
-                                          per_learner, [rows[i] for i in index], identities)
+                    done = _measure_batch(config, train_config, data, state["variables"],
+                                          idx, b, mode, per_learner, [rows[i] for i in index],
+                                          identities)
                     for path, record in zip(paths, done):
                         wd.write_json_atomic(path, record)
                     writer.write([{"step": b, "learner": int(i), "learner_id": ids[i],
@@ -310,15 +324,25 @@ def run(config, workdir: str, progress: bool = True) -> dict:
 
 
 def _split_batch(config, data, idx):
-    """Points ``idx`` of the split: images, labels (the trained-on, possibly noisy labels for
-    train) and label-corruption flags; per learner (N, B, ...) except the shared test split."""
+    """Points ``idx`` (positions in the split) of the split: images, trained-on labels (the
+    noisy labels for train), clean labels, label-corruption flags and data-set indices (the
+    rows of the source's data set: of its train pool for train and val, of its test set for
+    test); per learner (N, B, ...) except the shared test split (B, ...)."""
     split = config.dataset_split
     if split == "test":
-        return data["test_images"][idx], data["test_labels"][idx], None
-    pick, labels = ("train_idx", "train_labels") if split == "train" else ("val_idx", "val_labels")
-    rows = np.asarray(data[pick])[:, idx]
-    corrupted = np.asarray(data["corrupted"])[:, idx] if split == "train" else None
-    return data["images"][rows], np.asarray(data[labels])[:, idx], corrupted
+        labels = data["test_labels"][idx]
+        return dict(x=data["test_images"][idx], targets=labels, ground_truths=labels,
+                    corrupted=None, sample_ids=idx)
+    if split == "train":
+        rows = np.asarray(data["train_idx"])[:, idx]
+        targets = np.asarray(data["train_labels"])[:, idx]
+        return dict(x=data["images"][rows], targets=targets,
+                    ground_truths=np.asarray(data["clean_labels"])[:, idx],
+                    corrupted=np.asarray(data["corrupted"])[:, idx], sample_ids=rows)
+    rows = np.asarray(data["val_idx"])[:, idx]
+    labels = np.asarray(data["val_labels"])[:, idx]  # validation labels are never corrupted
+    return dict(x=data["images"][rows], targets=labels, ground_truths=labels, corrupted=None,
+                sample_ids=rows)
 
 
 def _num_points(config, data) -> int:
@@ -328,41 +352,92 @@ def _num_points(config, data) -> int:
     return data["train_idx" if split == "train" else "val_idx"].shape[1]
 
 
-def _measure_batch(config, data, variables_M, idx, b, mode, per_learner, rows, identities):
-    """One batch of points ``idx`` for the M learners: their per-batch records (seed layout)."""
-    xb, yb, corrupted = _split_batch(config, data, idx)
+# Version of the per-batch record's layout: a file of another layout is measured again.
+RECORD_FORMAT = 2
+
+
+def seed_metadata(config, train_config, row) -> dict:
+    """The per-batch file's ``metadata`` under the seed's key names (compute_stats.py), for the
+    learner at ``row`` (its coordinates and checkpoint). The seed's three seeds map to irmx's
+    named streams: ``label-noise-seed`` and ``data-split-seed`` are both the learner's data
+    seed, whose streams ``label_noise`` and ``data_split`` draw the noise and the split (its
+    ``data_seed`` coordinate, else ``data.data_seed`` when >= 0, else its ``seed``:
+    ``classify.data_coords``); ``mc-sample-seed`` is ``mc_sample_seed``, whose ``mc_sample``
+    stream orders the points and draws the estimators' probes; ``seed`` (init, shuffling) is
+    the learner's seed. ``checkpoint`` is the ordinal checkpoint, as the seed's default
+    (not --checkpoint-by-step); normalization "none" is the seed's None."""
+    d = train_config.data
+    coords = classify.data_coords(train_config, row)
+    return {
+        "model": train_config.model.name, "dataset": d.name, "split": config.dataset_split,
+        "seed": int(row["seed"]), "label-noise": float(row.get("label_noise", d.label_noise)),
+        "augmentation": bool(d.augmentation), "checkpoint": int(row["checkpoint"]),
+        "nsamples": config.num_samples,
+        "label-noise-seed": int(coords.get("data_seed", row["seed"])),
+        "data-split-seed": int(coords.get("data_seed", row["seed"])),
+        "mc-sample-seed": config.mc_sample_seed, "metric": config.metric,
+        "normalization": None if config.normalization == "none" else config.normalization,
+        "sampling-strategy": "none",
+    }
+
+
+def _measure_batch(config, train_config, data, variables_M, idx, b, mode, per_learner, rows,
+                   identities):
+    """One batch of points ``idx`` for the M learners: their per-batch records, irmx's fields
+    (``indices`` = positions in the split, ``values``, ``stderr`` and ``probes`` of an estimate,
+    ``converged``, ``corrupted``, ``mean``, ``identity``) and the seed code's (``stats`` =
+    ``stat.view(batch_size, -1).tolist()``, ``sample_ids`` = data-set indices, ``targets`` =
+    trained-on labels, ``ground_truths`` = clean labels, ``metadata``)."""
+    pts = _split_batch(config, data, idx)
     key = jax.random.fold_in(rng.stream(config.mc_sample_seed, "mc_sample"), b)
-    values, conv = jax.device_get(per_learner(variables_M, xb, yb, key))
+    out = jax.device_get(per_learner(variables_M, pts["x"], pts["targets"], key))
+    per = lambda a, j: np.asarray(a if a.ndim == 1 else a[j])  # shared test split: (B,)
     records = []
     for j, row in enumerate(rows):
-        corr = corrupted[j] if corrupted is not None else np.zeros(len(idx), bool)
+        values = np.asarray(out["values"][j])
+        corr = (per(pts["corrupted"], j) if pts["corrupted"] is not None
+                else np.zeros(len(idx), bool))
+        estimate = out["stderr"] is not None
         records.append({
+            "format": RECORD_FORMAT,
             "metric": config.metric, "normalization": config.normalization, "mode": mode,
             "checkpoint": row["checkpoint"], "seed": row["seed"], "batch_id": b,
             "split": config.dataset_split, "indices": idx.tolist(),
-            "values": values[j].tolist(), "converged": conv[j].tolist(),
-            "corrupted": corr.tolist(), "mean": float(np.mean(values[j])),
+            "values": values.tolist(), "converged": out["converged"][j].tolist(),
+            "stderr": out["stderr"][j].tolist() if estimate else None,
+            "probes": out["probes"][j].tolist() if estimate else None,
+            "corrupted": corr.tolist(), "mean": float(np.mean(values)),
             "identity": identities[j],
+            "stats": values.reshape(len(idx), -1).tolist(),
+            "sample_ids": per(pts["sample_ids"], j).tolist(),
+            "targets": per(pts["targets"], j).tolist(),
+            "ground_truths": per(pts["ground_truths"], j).tolist(),
+            "metadata": seed_metadata(config, train_config, row),
         })
     return records
 
 
 def _reusable(paths: list, identities: list):
-    """The records of a batch already measured with these settings (every learner), else
-    None."""
+    """The records of a batch already measured with these settings (every learner) in this
+    layout, else None."""
     if not all(os.path.exists(p) for p in paths):
         return None
     done = [wd.read_json(p) for p in paths]
-    same = all(rec.get("identity") == wd.to_json(ident) for rec, ident in zip(done, identities))
+    same = all(rec.get("identity") == wd.to_json(ident) and rec.get("format") == RECORD_FORMAT
+               for rec, ident in zip(done, identities))
     return done if same else None
 
 
 def _learner_metrics(metric: str, results: list) -> dict:
     """Per learner, from its batch records: the metric's mean over the measured points and over
     clean / label-corrupted training points (NaN when there are none), the fraction of converged
-    power iterations, the number of points."""
-    out = {k: [] for k in (metric, f"{metric}_clean", f"{metric}_corrupted",
-                           "converged_fraction", "num_points")}
+    power iterations (Hutchinson: of points that reached rel_error), the number of points; for
+    an estimate (records with ``stderr``) also the standard error of the mean over the points,
+    sqrt(sum_i se_i^2) / n (the points' estimates are independent), and the mean probes."""
+    estimate = all(r.get("stderr") is not None for recs in results for r in recs)
+    keys = (metric, f"{metric}_clean", f"{metric}_corrupted", "converged_fraction", "num_points",
+            *((f"{metric}_stderr", "probes") if estimate else ()))
+    out = {k: [] for k in keys}
     for recs in results:
         v = np.concatenate([r["values"] for r in recs])
         corr = np.concatenate([r["corrupted"] for r in recs]).astype(bool)
@@ -372,19 +447,27 @@ def _learner_metrics(metric: str, results: list) -> dict:
         out[f"{metric}_corrupted"].append(v[corr].mean() if corr.any() else np.nan)
         out["converged_fraction"].append(conv.mean())
         out["num_points"].append(v.size)
+        if estimate:  # a null stderr (one probe: no variance) makes the mean's NaN
+            se = np.concatenate([np.asarray(r["stderr"], np.float64) for r in recs])
+            out[f"{metric}_stderr"].append(np.sqrt(np.sum(np.square(se))) / se.size)
+            out["probes"].append(np.mean(np.concatenate([r["probes"] for r in recs])))
     return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
 def format_summary(summary: dict) -> str:
     """Per (seed, checkpoint): the metric's mean over the points, over clean and over
-    label-corrupted ones; then per checkpoint (and grid point) the mean +- std over seeds."""
+    label-corrupted ones (for an estimated metric also the mean's standard error and the mean
+    probes per point); then per checkpoint (and grid point) the mean +- std over seeds."""
     m = summary["metric"]
     grid_names = [n for n in summary["axis"] if n not in ("seed", "checkpoint", "epoch")]
     label = lambda r: ",".join(f"{n}={r[n]:g}" for n in grid_names)
-    header = ("seed", "ckpt", "epoch", *(("learner",) if grid_names else ()), m, "clean",
-              "corrupted")
+    estimate = all(m + "_stderr" in r for r in summary["learners"])
+    extra = ("stderr", "probes") if estimate else ()
+    header = ("seed", "ckpt", "epoch", *(("learner",) if grid_names else ()), m, *extra,
+              "clean", "corrupted")
     rows = [(r["seed"], r["checkpoint"], r["epoch"], *((label(r),) if grid_names else ()),
-             r[m], r[m + "_clean"], r[m + "_corrupted"]) for r in summary["learners"]]
+             r[m], *((r[m + "_stderr"], f"{r['probes']:.0f}") if estimate else ()), r[m + "_clean"],
+             r[m + "_corrupted"]) for r in summary["learners"]]
     table = tables.format_table(
         header, rows, rule=False, digits=5,
         title=f"{m} ({summary['normalization']}, {summary['split']} split): mean over points")

@@ -7,6 +7,7 @@ from irmx.measures.jacobian import (
     SEED_POWER,
     exact_jacobian,
     frobenius_exact,
+    hutchinson_frobenius,
     hutchinson_sq_frobenius,
     hutchinson_variance,
     make_output_fn,
@@ -30,7 +31,7 @@ from irmx.measures.metrics import (
 __all__ = [
     "JACOBIAN_METRICS", "METRICS", "MODES", "NORMALIZATIONS", "SEED_POWER", "accuracy",
     "batch_mean", "compute_metric", "confidence", "crossentropy", "default_mode", "exact_jacobian",
-    "frobenius_exact", "hutchinson_sq_frobenius", "hutchinson_variance", "make_metric_fn",
-    "make_output_fn", "normalize_output", "operator_norm_exact", "power_iteration",
-    "spectral_norm_dense",
+    "frobenius_exact", "hutchinson_frobenius", "hutchinson_sq_frobenius", "hutchinson_variance",
+    "make_metric_fn", "make_output_fn", "normalize_output", "operator_norm_exact",
+    "power_iteration", "spectral_norm_dense",
 ]

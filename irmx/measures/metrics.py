@@ -33,7 +33,11 @@ JACOBIAN_METRICS = ("jacobian", "jacobian_operator_norm")
 # below the target error and for the rare nearly-degenerate samples that stop early.
 DEFAULT_TOL = 1e-5
 DEFAULT_MAX_ITERS = 200
-DEFAULT_NUM_PROBES = 10
+# Hutchinson: num_probes 0 = adaptive, as many probes as bring the estimated relative standard
+# error of ||J||_F to rel_error (at most max_probes, a multiple of jacobian.HUTCHINSON_BLOCK).
+DEFAULT_NUM_PROBES = 0
+DEFAULT_REL_ERROR = 0.01
+DEFAULT_MAX_PROBES = 4096
 
 
 def accuracy(logits_BxK, y_B) -> jax.Array:
@@ -80,7 +84,7 @@ def default_mode(name: str, num_outputs: int | None = None) -> str:
 
 
 def _check(name, normalization, mode, target_logit_only, tol, atol, max_iters, num_probes,
-           probe_space):
+           probe_space, rel_error, max_probes):
     def fail(argument, value, allowed):
         raise ArgumentError("make_metric_fn", argument, value, allowed)
 
@@ -102,11 +106,19 @@ def _check(name, normalization, mode, target_logit_only, tol, atol, max_iters, n
             math.isfinite(value) and value >= 0
         ):
             fail(key, value, "a finite number >= 0")
-    for key, value in (("max_iters", max_iters), ("num_probes", num_probes)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            fail(key, value, "an integer >= 1")
+    integer = lambda v: isinstance(v, int) and not isinstance(v, bool)
+    if not integer(max_iters) or max_iters < 1:
+        fail("max_iters", max_iters, "an integer >= 1")
+    if not integer(num_probes) or num_probes < 0:
+        fail("num_probes", num_probes, "an integer >= 1, or 0 (adaptive: rel_error)")
     if probe_space not in jac.PROBE_SPACES:
         fail("probe_space", probe_space, "one of " + ", ".join(jac.PROBE_SPACES))
+    if isinstance(rel_error, bool) or not isinstance(rel_error, (int, float)) or not (
+            math.isfinite(rel_error) and rel_error > 0):
+        fail("rel_error", rel_error, "a finite number > 0")
+    block, least = jac.HUTCHINSON_BLOCK, jac.HUTCHINSON_MIN_PROBES
+    if not integer(max_probes) or max_probes < least or max_probes % block:
+        fail("max_probes", max_probes, f"a multiple of {block}, >= {least}")
 
 
 def _require_labels(name, normalization, target_logit_only, y):
@@ -117,8 +129,9 @@ def _require_labels(name, normalization, target_logit_only, y):
         )
 
 
-def _result(values, converged=None, iterations=None) -> dict:
-    return dict(values=values, converged=converged, iterations=iterations)
+def _result(values, converged=None, iterations=None, stderr=None, probes=None) -> dict:
+    return dict(values=values, converged=converged, iterations=iterations, stderr=stderr,
+                probes=probes)
 
 
 def _pointwise(name: str, per_sample: Callable) -> Callable:
@@ -145,8 +158,10 @@ def _jacobian_output_fn(name, apply_fn, params, y, normalization, target_logit_o
 
 @registry.register("metric", "jacobian")
 def _frobenius_metric(apply_fn, *, normalization, mode, target_logit_only, num_probes,
-                      probe_space, **unused):
-    """||J(x)||_F: exact (per_output / bigmem) or Hutchinson's estimate (matrix_free)."""
+                      probe_space, rel_error, max_probes, **unused):
+    """||J(x)||_F: exact (per_output / bigmem) or Hutchinson's estimate (matrix_free) with its
+    standard error se(sqrt S) = se(S) / (2 sqrt S) (delta method), whether it reached
+    ``rel_error`` (converged) and the probes used."""
     mode = default_mode("jacobian") if mode is None else mode
 
     def fn(params, x, y=None, key=None):
@@ -154,9 +169,12 @@ def _frobenius_metric(apply_fn, *, normalization, mode, target_logit_only, num_p
                                      target_logit_only)
         if mode == "matrix_free":
             key = rng.stream(0, "mc_sample") if key is None else key
-            sq = jac.hutchinson_sq_frobenius(out_fn, x, key, num_probes=num_probes,
-                                             probe_space=probe_space)
-            return _result(jnp.sqrt(sq))
+            est = jac.hutchinson_frobenius(out_fn, x, key, num_probes=num_probes,
+                                           probe_space=probe_space, rel_error=rel_error,
+                                           max_probes=max_probes)
+            norm = jnp.sqrt(est["sq"])
+            stderr = jnp.where(norm > 0, jnp.sqrt(est["sq_var"]) / (2.0 * norm), 0.0)
+            return _result(norm, est["converged"], stderr=stderr, probes=est["probes"])
         return _result(jac.frobenius_exact(out_fn, x, mode))
 
     return fn
@@ -193,7 +211,8 @@ def make_metric_fn(name: str, apply_fn: Callable, *, normalization: str = "none"
                    mode: str | None = None, target_logit_only: bool = False,
                    tol: float = DEFAULT_TOL, atol: float = 0.0,
                    max_iters: int = DEFAULT_MAX_ITERS, num_probes: int = DEFAULT_NUM_PROBES,
-                   probe_space: str = "output") -> Callable:
+                   probe_space: str = "output", rel_error: float = DEFAULT_REL_ERROR,
+                   max_probes: int = DEFAULT_MAX_PROBES) -> Callable:
     """Validate a metric's static configuration and return ``fn(params, x, y=None, key=None)``.
 
     name: a registered metric (``irmx.registry.names("metric")``; the built-ins are METRICS).
@@ -206,20 +225,27 @@ def make_metric_fn(name: str, apply_fn: Callable, *, normalization: str = "none"
       non-Jacobian metrics. matrix_free means power iteration (``tol``, ``atol``, ``max_iters``;
       ``SEED_POWER`` is the seed's setting) for the operator norm and Hutchinson's estimator
       (``num_probes``, ``probe_space``) for the Frobenius norm: sqrt of an unbiased estimate of
-      ||J||_F^2 (so the norm itself is biased low by Jensen, by ~Var/(8 ||J||^3)).
+      ||J||_F^2 (so the norm itself is biased low by Jensen, by ~Var/(8 ||J||^3)), with
+      ``num_probes`` probes or, when 0 (the default), adaptively as many as bring the estimated
+      relative standard error of ||J||_F to ``rel_error`` (at most ``max_probes``; see
+      ``jacobian.hutchinson_frobenius``).
     target_logit_only: the Jacobian of the target output only (1 x D), as in the seed.
     key: the start vectors / probes (irmx's ``mc_sample`` stream); None = stream(0, mc_sample).
 
-    Returns dict(values=(B,), converged=(B,) bool or None, iterations=(B,) int32 or None);
-    converged / iterations are arrays only for the power iteration.
+    Returns dict(values=(B,), converged=(B,) bool or None, iterations=(B,) int32 or None,
+    stderr=(B,) or None, probes=(B,) int32 or None); converged / iterations are arrays only for
+    the power iteration, converged / stderr / probes for Hutchinson (converged: rel_error
+    reached before max_probes; stderr: the estimated standard error of the value).
     """
     normalization = "none" if normalization is None else normalization
     _check(name, normalization, default_mode(name) if mode is None else mode,
-           target_logit_only, tol, atol, max_iters, num_probes, probe_space)
+           target_logit_only, tol, atol, max_iters, num_probes, probe_space, rel_error,
+           max_probes)
     build = registry.lookup("metric", name)
     return build(apply_fn, normalization=normalization, mode=mode,
                  target_logit_only=target_logit_only, tol=tol, atol=atol, max_iters=max_iters,
-                 num_probes=num_probes, probe_space=probe_space)
+                 num_probes=num_probes, probe_space=probe_space, rel_error=rel_error,
+                 max_probes=max_probes)
 
 
 def compute_metric(name: str, apply_fn: Callable, params, x, y=None, *, key=None, **options):
