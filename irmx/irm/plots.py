@@ -79,6 +79,7 @@ def irm_reference_figure(path: str, per_seed: dict, experiments: dict, reference
     fig = Figure(figsize=(max(7.0, 1.5 * len(settings) + 2), 6.4))
     axes = fig.subplots(2, 1, sharex=True)
     width = 0.8 / (2 * len(methods))
+    floor = 1e-5  # the log axis starts here; smaller means are marked "~0"
     for ax, (m, label) in zip(axes, metrics):
         for k, method in enumerate(methods):
             color = f"C{k}"
@@ -88,14 +89,17 @@ def irm_reference_figure(path: str, per_seed: dict, experiments: dict, reference
                     continue
                 x = j - 0.4 + (2 * k + 0.5) * width
                 vals = np.array([v for v in per_seed[name][m] if v is not None], float)
-                ax.bar(x, vals.mean(), width, yerr=vals.std(), color=color, alpha=0.8,
-                       label=f"{method} (irmx)" if j == 0 else None, capsize=2)
+                bars = [(x, vals.mean(), vals.std(), 0.8, None, "irmx")]
                 if name in references:
-                    mean, std = references[name][m]
-                    ax.bar(x + width, mean, width, yerr=std, color=color, alpha=0.35,
-                           hatch="//", label=f"{method} (reference)" if j == 0 else None,
-                           capsize=2)
+                    bars.append((x + width, *references[name][m], 0.35, "//", "reference"))
+                for xb, mean, std, alpha, hatch, who in bars:
+                    ax.bar(xb, max(mean, floor), width, yerr=std, color=color, alpha=alpha,
+                           hatch=hatch, capsize=2,
+                           label=f"{method} ({who})" if j == 0 else None)
+                    if mean < floor:  # an exact zero (ICP keeps no effect) has no log bar
+                        ax.text(xb, floor * 1.3, "~0", ha="center", fontsize=6)
         ax.set_yscale("log")
+        ax.set_ylim(bottom=floor)
         ax.set_ylabel(f"{label} (log)")
         ax.grid(axis="y", alpha=0.3)
     axes[-1].set_xticks(range(len(settings)), settings)
