@@ -25,16 +25,21 @@ in runs here; compile time reported apart):
   ``floor_over_best`` can exceed 1.
 * irmx ``bigmem`` / ``per_output``: the exact Jacobian (K backward passes, vmapped / one after
   the other in a ``lax.map``) + sigma_max from the K x K Gram matrix.
-* irmx ``matrix_free`` (the default for this metric above 16 outputs): power iteration on J^T J with
-  ``jax.linearize`` + ``jax.linear_transpose`` (one jvp + one transposed jvp per iteration) at
-  the default tolerance (1e-5 relative change), and at the seed's setting (``SEED_POWER``:
-  <= 10 iterations, absolute tolerance 1e-2), with iteration counts.
+* irmx ``matrix_free`` (the default for this metric above 16 outputs): block Lanczos on the
+  K x K matrix J J^T (``measures.lanczos_operator_norm``: 2 start vectors, ``jax.linearize`` +
+  ``jax.linear_transpose``, one transposed jvp + one jvp per Krylov vector) at the default
+  tolerance (Ritz residual bound 1e-5 relative on sigma), with its iteration counts (2 vectors
+  each; at most K / 2 iterations, when the Krylov space is exhausted and the result exact).
+* irmx ``seed_compat``: the seed's own number (``measures.seed_operator_norm``: its 10-step power
+  iteration, absolute tolerance 1e-2, on its ``J.view(N, -1, H)`` rearrangement of the explicit
+  per_output Jacobian); its "err dense" column is how far the seed's number is from sigma_max.
 * torch ``per_output``, the seed's way (``core/metric_helpers.py``: ``jacobian_low_mem``): a
   port of the same architecture with the same weights copied over, one forward pass with
   ``x.requires_grad_()``, K ``logits.backward(onehot_k, retain_graph=True)``, then
   ``torch.linalg.svdvals`` of the B x K x D Jacobians (the seed runs its 10-step power iteration
-  on them instead; svdvals is exact and no slower here). Run in a child process (spawned) so its
-  memory can be measured; ``--torch_threads`` threads (default: the number of CPU cores).
+  on a rearrangement of them instead, the ``seed_compat`` row; svdvals is exact and no slower
+  here). Run in a child process (spawned) so its memory can be measured; ``--torch_threads``
+  threads (default: the number of CPU cores).
 
 Memory: for JAX, XLA's buffer assignment of the compiled program
 (``jit(f).lower(...).compile().memory_analysis()``): ``temp`` (scratch) and ``peak`` = arguments
@@ -48,10 +53,11 @@ Agreement: every method's sigma_max against a dense reference, ``jax.jacfwd`` pe
 tangents through the network per sample, so it is slow and kept out of the timings), and every
 method against irmx ``bigmem`` on the whole batch.
 
-The arithmetic: exact needs K backward passes (plus one forward); power iteration needs one jvp
-and one transposed jvp per iteration (about two backward passes here), independent of K, for
-as many iterations as the batch's slowest sample needs (10-15 here), so it wins once K exceeds
-about twice the iteration count and loses at K = 10.
+The arithmetic: exact needs K backward passes (plus one forward); Lanczos needs one transposed
+jvp and one jvp per Krylov vector (about two backward passes here), for as many vectors as the
+batch's slowest sample needs (at most K: then the Krylov space is exhausted), so it wins only
+when it stops well before K, and loses at K = 10 (where it runs K vectors, as the exact mode's
+K backward passes, plus K jvps). Its memory stays independent of K.
 
 Last numbers and what they say: ``benchmarks/README.md``.
 
@@ -167,7 +173,7 @@ def jax_methods(apply_fn):
         ("bigmem", dict(mode="bigmem")),
         ("per_output", dict(mode="per_output")),
         ("matrix_free", dict(mode="matrix_free")),
-        ("matrix_free_seed", dict(mode="matrix_free", **measures.SEED_POWER)),
+        ("seed_compat", dict(mode="per_output", seed_compat=True)),
     ]:
         fn = measures.make_metric_fn(METRIC, apply_fn, **options)
         methods[name] = lambda p, x, key, fn=fn: fn(p, x, None, key)
@@ -348,6 +354,8 @@ def bench_one_k(args, k_out, torch_pool):
                 it, conv = row["out"]["iterations"], row["out"]["converged"]
                 notes = (f"iters mean {np.mean(it):.1f} max {np.max(it)}, "
                          f"converged {int(np.sum(conv))}/{conv.size}")
+                if name == "matrix_free":  # Lanczos: a block of 2 vectors per iteration
+                    notes += f" (2 jvp + vjp pairs per iteration, K = {k_out})"
         if name == "torch_per_output":
             notes = f"peak = RSS growth; cold {row['cold']:.2f}s; {row['repeats']} warm runs"
         print(f"{name:<18}{row['time']:>9.3f}s{row['median']:>8.3f}s"

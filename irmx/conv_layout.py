@@ -11,7 +11,7 @@ a small ResNet, which made one looped backward pass cost as much as eight vmappe
 operands explicitly transposed to the canonical layouts (input [N, spatial..., C], kernel
 [spatial..., I, O]) and its result transposed back (relayouts; the kernel's is hoisted out of
 loops by XLA; the arithmetic is unchanged), so the convolutions of ``per_output``'s map and the
-power iteration's loop stay on the fast path. Everything else is bound unchanged; calls
+Lanczos loop stay on the fast path. Everything else is bound unchanged; calls
 (``jit``/``pjit``/``closed_call``) are entered recursively.
 
 The same holds for training: the weight-gradient convolutions (``f01b_i01o->01bf``) and the

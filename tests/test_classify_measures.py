@@ -58,7 +58,7 @@ def measures_config(source_dir, **overrides):
     m = jacobian_configs.get_config("smoke")  # 40 points, batches of 20, checkpoint 1
     m.source = source_dir
     if overrides.get("metric", m.metric) == "jacobian_operator_norm":
-        m.mode = "matrix_free"  # power iteration (the default "" picks exact at K=10)
+        m.mode = "matrix_free"  # Lanczos (the default "" picks exact at K=10)
     m.update_from_flattened_dict(overrides)
     return m
 
@@ -614,6 +614,30 @@ def test_the_three_modes_agree_through_the_driver(trained, measured, tmp_path):
         np.testing.assert_allclose(values["matrix_free"][s], values["per_output"][s], rtol=1e-3)
 
 
+def test_seed_compat_through_the_driver(trained, measured, tmp_path):
+    """seed_compat: the seed's power iteration on its reshaped Jacobian, from the driver's key
+    (mc_sample stream, batch 0), mode "" = per_output; its identity has no tolerances."""
+    from irmx import measures as measures_lib
+
+    out = str(tmp_path / "seed")
+    measures.run(measures_config(trained.workdir, seed_compat=True, mode="", num_samples=20),
+                 out, progress=False)
+    files = batch_files(out)
+    key = jax.random.fold_in(rng.stream(0, "mc_sample"), 0)
+    for n, seed in enumerate(SEEDS):
+        rec = files[(seed, 1, 0)]
+        assert rec["mode"] == "per_output" and rec["identity"]["measure"]["seed_compat"]
+        assert "tol" not in rec["identity"]["measure"]
+        x, _, _ = split_points(trained, n, rec["indices"])
+        jac = trained.jacobians(learner_params(trained.ckpt_states[1], n), x)
+        m = measures_lib.seed_layout(jac, x.shape)
+        want, _, _ = measures_lib.seed_power_iteration(
+            m, measures_lib.seed_start(key, m.shape[0], m.shape[2]))
+        np.testing.assert_allclose(rec["values"], want, rtol=1e-4, atol=1e-6)
+        exact = np.asarray(measured.files[(seed, 1, 0)]["values"])
+        assert np.mean(np.asarray(rec["values"]) / exact) < 0.95  # not sigma_max
+
+
 def _numpy_metric(metric, logits, labels):
     logits = np.asarray(logits, np.float64)
     z = logits - logits.max(-1, keepdims=True)
@@ -681,6 +705,9 @@ MEASURES_ERRORS = [
     ({"num_samples": 120, "dataset_split": "val"}, "num_samples", 120),  # val: 100
     ({"num_samples": 300, "dataset_split": "test"}, "num_samples", 300),  # test: 297
     ({"source": "/nonexistent/irmx-run"}, "source", "/nonexistent/irmx-run"),
+    ({"seed_compat": True, "mode": "", "normalization": "crossentropy"}, "seed_compat", True),
+    ({"seed_compat": True}, "seed_compat", True),  # with mode matrix_free
+    ({"seed_compat": True, "metric": "jacobian"}, "seed_compat", True),
 ]
 
 
@@ -889,6 +916,5 @@ def test_default_mode_is_exact_at_ten_outputs(trained, measured, tmp_path):
         assert files[(s, 1, 0)]["mode"] == "per_output"
         np.testing.assert_allclose(files[(s, 1, 0)]["values"], measured.files[(s, 1, 0)]["values"],
                                    rtol=1e-3)
-    seed_cfg = jacobian_configs.get_config("seed_power_iteration")
-    assert (seed_cfg.mode, seed_cfg.tol, seed_cfg.atol, seed_cfg.max_iters) == (
-        "matrix_free", 0.0, 1e-2, 10)
+    seed_cfg = jacobian_configs.get_config("seed_compat")
+    assert (seed_cfg.mode, seed_cfg.seed_compat) == ("", True)

@@ -373,9 +373,9 @@ def test_config_files_keep_their_variants():
     assert noisy_classification.get_config(None).data.name == "digits"
     assert len(noisy_classification.get_sweep("smoke")) == 2
     assert jacobian.get_config("smoke").num_samples == 40
-    assert jacobian.get_config("seed_power_iteration").mode == "matrix_free"
+    assert jacobian.get_config("seed_compat").seed_compat
     for get, arg in ((regression.get_config, "smok"), (noisy_classification.get_config, "x"),
-                     (jacobian.get_config, "smoke,seed_power_iteration"),
+                     (jacobian.get_config, "smoke,seed_compat"),
                      (noisy_classification.get_sweep, "big")):
         with pytest.raises(ValueError, match="allowed"):
             get(arg)

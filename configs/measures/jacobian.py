@@ -49,7 +49,7 @@ from irmx.config_args import parse_arg
 
 
 def get_config(arg=None):
-    a = parse_arg(arg, variants=("smoke", "seed_power_iteration"), combine=False)
+    a = parse_arg(arg, variants=("smoke", "seed_compat"), combine=False)
     c = ml_collections.ConfigDict()
     c.name = "stats"  # the seed's NAME: first folder of the per-batch outputs
     c.source = ""  # training workdir (launch/train.py)
@@ -65,9 +65,11 @@ def get_config(arg=None):
     c.skip = 0  # first point of this worker (a multiple of batch_size)
     c.output_dir = ""  # root of the per-batch JSON tree ("" = the workdir); workers may share it
     c.mc_sample_seed = 0  # seed of the random point order (stream mc_sample)
-    c.tol = 1e-5  # matrix_free: relative tolerance of power iteration
-    c.atol = 0.0  # matrix_free: absolute tolerance (the seed's: 1e-2 with tol 0)
-    c.max_iters = 200  # matrix_free: iteration cap (seed: 10)
+    c.tol = 1e-5  # matrix_free operator norm (Lanczos): bound on the relative error of sigma
+    c.atol = 0.0  # matrix_free operator norm: absolute error bound added to tol * sigma
+    c.max_iters = 200  # matrix_free operator norm: cap on Lanczos iterations (2 vectors each)
+    c.seed_compat = False  # operator norm: the seed's number (its power iteration on its
+    #                        reshaped Jacobian: 0.45-0.85 of sigma_max), not sigma_max
     # matrix_free Frobenius norm (Hutchinson): probes per point; 0 = adaptive, per point as many
     # as bring the estimated relative standard error of ||J||_F to rel_error (at least 32, in
     # blocks of 16, at most max_probes; the probes used and the stderr go into the results)
@@ -78,7 +80,6 @@ def get_config(arg=None):
     if "smoke" in a.variants:
         c.num_samples = 40
         c.batch_size = 20
-    elif "seed_power_iteration" in a.variants:
-        c.mode = "matrix_free"
-        c.tol, c.atol, c.max_iters = 0.0, 1e-2, 10
+    elif "seed_compat" in a.variants:
+        c.seed_compat = True  # mode "" = per_output, the seed's jacobian_low_mem
     return c

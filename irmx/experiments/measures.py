@@ -80,6 +80,16 @@ def validate(config, train_config=None) -> None:
         cc.fail("tol", config.tol, "a positive relative tolerance, or a positive config.atol")
     if config.target_logit_only and config.normalization == "crossentropy":
         cc.fail("target_logit_only", True, "False with config.normalization='crossentropy'")
+    cc.choice(config, "seed_compat", (True, False))
+    if config.seed_compat:  # the seed's jacobian_operator_norm (measures.seed_operator_norm)
+        if config.metric != "jacobian_operator_norm":
+            cc.fail("seed_compat", True, "False unless config.metric='jacobian_operator_norm'")
+        if config.mode == "matrix_free":
+            cc.fail("seed_compat", True, "False with config.mode='matrix_free' (the seed "
+                    "iterates on the explicit Jacobian: mode per_output, bigmem or '')")
+        if config.target_logit_only or config.normalization == "crossentropy":
+            cc.fail("seed_compat", True, "False with one output (config.normalization="
+                    "'crossentropy' or config.target_logit_only): the seed fails there")
     cc.number(config, "max_iters", 1, integer=True)
     cc.number(config, "num_probes", 0, integer=True)  # 0 = adaptive (rel_error)
     cc.number(config, "rel_error", 0.0, low_open=True)
@@ -129,7 +139,9 @@ def result_identity(config, train_config, coords=None) -> dict:
         mode = config.mode or ("" if operator else measures.default_mode(config.metric))
         m.update(normalization=config.normalization, target_logit_only=config.target_logit_only,
                  mode=mode)
-        if mode in ("", "matrix_free") and operator:
+        if operator:  # seed_compat: the seed's fixed 10 steps and atol, not tol / max_iters
+            m.update(seed_compat=config.seed_compat)
+        if mode in ("", "matrix_free") and operator and not config.seed_compat:
             m.update(tol=config.tol, atol=config.atol, max_iters=config.max_iters)
         elif mode == "matrix_free":  # Hutchinson
             m.update(num_probes=config.num_probes, probe_space=config.probe_space)
@@ -211,8 +223,8 @@ def build_program(config, workdir: str, progress: bool = True) -> Program:
                 f"at most the {num_test} points of the test split")
     source.build(dataset=dataset)
     one_output = config.normalization == "crossentropy" or config.target_logit_only
-    mode = config.mode or measures.default_mode(
-        config.metric, 1 if one_output else dataset["num_classes"])
+    mode = config.mode or ("per_output" if config.seed_compat else measures.default_mode(
+        config.metric, 1 if one_output else dataset["num_classes"]))
     axis = measured_axis(source.axis, ckpts, train_config.checkpoint_epochs)
     model = source.model
     apply_fn = lambda variables, x: model.apply(variables, x, train=False)
@@ -223,7 +235,7 @@ def build_program(config, workdir: str, progress: bool = True) -> Program:
             mode=mode, target_logit_only=config.target_logit_only, key=key, tol=config.tol,
             atol=config.atol, max_iters=config.max_iters, num_probes=config.num_probes,
             rel_error=config.rel_error, max_probes=config.max_probes,
-            probe_space=config.probe_space)
+            probe_space=config.probe_space, seed_compat=config.seed_compat)
         if out.get("converged") is None:
             out["converged"] = jnp.ones_like(out["values"], bool)
         # stderr / probes: arrays for an estimate (Hutchinson), None (absent) otherwise
@@ -318,7 +330,7 @@ def run(config, workdir: str, progress: bool = True) -> dict:
     is left as it is ("nothing to do")."""
     program = build_program(config, workdir, progress)
     summary = run_program(program, config.to_dict(), workdir, progress)
-    if summary and progress:
+    if summary:
         print(format_summary(summary))
     return summary
 
@@ -431,9 +443,10 @@ def _reusable(paths: list, identities: list):
 def _learner_metrics(metric: str, results: list) -> dict:
     """Per learner, from its batch records: the metric's mean over the measured points and over
     clean / label-corrupted training points (NaN when there are none), the fraction of converged
-    power iterations (Hutchinson: of points that reached rel_error), the number of points; for
-    an estimate (records with ``stderr``) also the standard error of the mean over the points,
-    sqrt(sum_i se_i^2) / n (the points' estimates are independent), and the mean probes."""
+    iterations (Lanczos, seed_compat; Hutchinson: of points that reached rel_error), the number
+    of points; for an estimate (records with ``stderr``) also the standard error of the mean
+    over the points, sqrt(sum_i se_i^2) / n (the points' estimates are independent), and the
+    mean probes."""
     estimate = all(r.get("stderr") is not None for recs in results for r in recs)
     keys = (metric, f"{metric}_clean", f"{metric}_corrupted", "converged_fraction", "num_points",
             *((f"{metric}_stderr", "probes") if estimate else ()))

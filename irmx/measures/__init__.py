@@ -4,16 +4,19 @@ accuracy, cross-entropy and confidence; pure functions, jittable, vmappable over
 from irmx.measures.jacobian import (
     MODES,
     NORMALIZATIONS,
-    SEED_POWER,
     exact_jacobian,
     frobenius_exact,
     hutchinson_frobenius,
     hutchinson_sq_frobenius,
     hutchinson_variance,
+    lanczos_operator_norm,
     make_output_fn,
     normalize_output,
     operator_norm_exact,
-    power_iteration,
+    seed_layout,
+    seed_operator_norm,
+    seed_power_iteration,
+    seed_start,
     spectral_norm_dense,
 )
 from irmx.measures.metrics import (
@@ -29,9 +32,10 @@ from irmx.measures.metrics import (
 )
 
 __all__ = [
-    "JACOBIAN_METRICS", "METRICS", "MODES", "NORMALIZATIONS", "SEED_POWER", "accuracy",
+    "JACOBIAN_METRICS", "METRICS", "MODES", "NORMALIZATIONS", "accuracy",
     "batch_mean", "compute_metric", "confidence", "crossentropy", "default_mode", "exact_jacobian",
     "frobenius_exact", "hutchinson_frobenius", "hutchinson_sq_frobenius", "hutchinson_variance",
-    "make_metric_fn", "make_output_fn", "normalize_output", "operator_norm_exact",
-    "power_iteration", "spectral_norm_dense",
+    "lanczos_operator_norm", "make_metric_fn", "make_output_fn", "normalize_output",
+    "operator_norm_exact", "seed_layout", "seed_operator_norm", "seed_power_iteration",
+    "seed_start", "spectral_norm_dense",
 ]

@@ -28,9 +28,8 @@ from irmx.measures import jacobian as jac
 METRICS = ("jacobian", "jacobian_operator_norm", "accuracy", "crossentropy", "confidence")
 JACOBIAN_METRICS = ("jacobian", "jacobian_operator_norm")
 
-# Defaults of the matrix-free estimators. tol=1e-5 on the relative change gives sigma_max to
-# 1e-3 relative (1e-5 measured) on the networks we test; see power_iteration for why tol is far
-# below the target error and for the rare nearly-degenerate samples that stop early.
+# Defaults of the matrix-free estimators. tol bounds the relative error of Lanczos's sigma_max
+# through the residual of its Ritz pair (see jacobian.lanczos_operator_norm).
 DEFAULT_TOL = 1e-5
 DEFAULT_MAX_ITERS = 200
 # Hutchinson: num_probes 0 = adaptive, as many probes as bring the estimated relative standard
@@ -71,11 +70,12 @@ EXACT_MAX_OUTPUTS = 16  # up to this many outputs the exact operator norm is the
 
 
 def default_mode(name: str, num_outputs: int | None = None) -> str:
-    """The mode that costs least. The operator norm: exact needs K vjps, power iteration a
-    jvp + vjp per iteration (10-20 on trained nets), so exact ``per_output`` while K <=
+    """The mode that costs least. The operator norm: exact needs K vjps, Lanczos a jvp + vjp
+    per Krylov vector (up to K, fewer on trained nets), so exact ``per_output`` while K <=
     EXACT_MAX_OUTPUTS (measured at K=10: within 1.1x of one batched K-cotangent backward pass,
-    power iteration 2-4x) and ``matrix_free`` above or when K is unknown (K=100: 5-11x faster
-    than bigmem, flat memory). Everything else: exact ``per_output`` (the seed's default)."""
+    the matrix-free iteration 2-4x) and ``matrix_free`` above or when K is unknown (K=100:
+    5-11x faster than bigmem, flat memory). Everything else: exact ``per_output`` (the seed's
+    default)."""
     if name != "jacobian_operator_norm":
         return "per_output"
     if num_outputs is not None and num_outputs <= EXACT_MAX_OUTPUTS:
@@ -119,6 +119,23 @@ def _check(name, normalization, mode, target_logit_only, tol, atol, max_iters, n
     block, least = jac.HUTCHINSON_BLOCK, jac.HUTCHINSON_MIN_PROBES
     if not integer(max_probes) or max_probes < least or max_probes % block:
         fail("max_probes", max_probes, f"a multiple of {block}, >= {least}")
+
+
+def _check_seed_compat(name, mode, normalization, target_logit_only, seed_compat):
+    def fail(allowed):
+        raise ArgumentError("make_metric_fn", "seed_compat", seed_compat, allowed)
+
+    if not isinstance(seed_compat, bool):
+        fail("True or False")
+    if not seed_compat:
+        return
+    if name != "jacobian_operator_norm":
+        fail(f"False with name={name!r} (it reproduces the seed's jacobian_operator_norm)")
+    if mode == "matrix_free":
+        fail("False with mode='matrix_free' (the seed iterates on the explicit Jacobian)")
+    if target_logit_only or normalization == "crossentropy":
+        fail("False with one output (normalization='crossentropy' or target_logit_only): "
+             "the seed fails there (IndexError in its spectral_norm)")
 
 
 def _require_labels(name, normalization, target_logit_only, y):
@@ -182,20 +199,25 @@ def _frobenius_metric(apply_fn, *, normalization, mode, target_logit_only, num_p
 
 @registry.register("metric", "jacobian_operator_norm")
 def _operator_norm_metric(apply_fn, *, normalization, mode, target_logit_only, tol, atol,
-                          max_iters, **unused):
-    """sigma_max(J(x)): exact (per_output / bigmem) or power iteration (matrix_free); mode
-    None = ``default_mode`` of the number of outputs, resolved when traced."""
+                          max_iters, seed_compat=False, **unused):
+    """sigma_max(J(x)): exact (per_output / bigmem) or block Lanczos (matrix_free); mode
+    None = ``default_mode`` of the number of outputs, resolved when traced. ``seed_compat``:
+    the seed's number instead (``jacobian.seed_operator_norm``; mode None = per_output)."""
 
     def fn(params, x, y=None, key=None):
         out_fn = _jacobian_output_fn("jacobian_operator_norm", apply_fn, params, y,
                                      normalization, target_logit_only)
         mode_ = mode
+        if seed_compat:
+            key = rng.stream(0, "mc_sample") if key is None else key
+            sigma, converged, iters = jac.seed_operator_norm(out_fn, x, key, mode_ or "per_output")
+            return _result(sigma, converged, iters)
         if mode_ is None:
             mode_ = default_mode("jacobian_operator_norm", jac._num_outputs(out_fn, x))
         if mode_ == "matrix_free":
             key = rng.stream(0, "mc_sample") if key is None else key
-            sigma, converged, iters = jac.power_iteration(out_fn, x, key, tol=tol, atol=atol,
-                                                          max_iters=max_iters)
+            sigma, converged, iters = jac.lanczos_operator_norm(out_fn, x, key, tol=tol,
+                                                                atol=atol, max_iters=max_iters)
             return _result(sigma, converged, iters)
         return _result(jac.operator_norm_exact(out_fn, x, mode_))
 
@@ -212,7 +234,7 @@ def make_metric_fn(name: str, apply_fn: Callable, *, normalization: str = "none"
                    tol: float = DEFAULT_TOL, atol: float = 0.0,
                    max_iters: int = DEFAULT_MAX_ITERS, num_probes: int = DEFAULT_NUM_PROBES,
                    probe_space: str = "output", rel_error: float = DEFAULT_REL_ERROR,
-                   max_probes: int = DEFAULT_MAX_PROBES) -> Callable:
+                   max_probes: int = DEFAULT_MAX_PROBES, seed_compat: bool = False) -> Callable:
     """Validate a metric's static configuration and return ``fn(params, x, y=None, key=None)``.
 
     name: a registered metric (``irmx.registry.names("metric")``; the built-ins are METRICS).
@@ -222,30 +244,36 @@ def make_metric_fn(name: str, apply_fn: Callable, *, normalization: str = "none"
       seed, the other metrics ignore it). None means "none".
     mode: per_output | bigmem | matrix_free; None = ``default_mode(name, K)`` with K the
       number of (normalized) outputs, resolved when traced. Ignored by the
-      non-Jacobian metrics. matrix_free means power iteration (``tol``, ``atol``, ``max_iters``;
-      ``SEED_POWER`` is the seed's setting) for the operator norm and Hutchinson's estimator
+      non-Jacobian metrics. matrix_free means block Lanczos (``tol``, ``atol``, ``max_iters``;
+      ``jacobian.lanczos_operator_norm``) for the operator norm and Hutchinson's estimator
       (``num_probes``, ``probe_space``) for the Frobenius norm: sqrt of an unbiased estimate of
       ||J||_F^2 (so the norm itself is biased low by Jensen, by ~Var/(8 ||J||^3)), with
       ``num_probes`` probes or, when 0 (the default), adaptively as many as bring the estimated
       relative standard error of ||J||_F to ``rel_error`` (at most ``max_probes``; see
       ``jacobian.hutchinson_frobenius``).
     target_logit_only: the Jacobian of the target output only (1 x D), as in the seed.
+    seed_compat: ``jacobian_operator_norm`` only: the seed's default number instead of
+      sigma_max (``jacobian.seed_operator_norm``: its 10-step power iteration on its
+      rearrangement of the explicit Jacobian; 0.45-0.85 of sigma_max on trained nets). Needs
+      mode per_output, bigmem or None and more than one output (the seed fails on one).
     key: the start vectors / probes (irmx's ``mc_sample`` stream); None = stream(0, mc_sample).
 
     Returns dict(values=(B,), converged=(B,) bool or None, iterations=(B,) int32 or None,
     stderr=(B,) or None, probes=(B,) int32 or None); converged / iterations are arrays only for
-    the power iteration, converged / stderr / probes for Hutchinson (converged: rel_error
-    reached before max_probes; stderr: the estimated standard error of the value).
+    Lanczos and seed_compat (there converged = the seed's tolerance met before its 10 steps),
+    converged / stderr / probes for Hutchinson (converged: rel_error reached before max_probes;
+    stderr: the estimated standard error of the value).
     """
     normalization = "none" if normalization is None else normalization
     _check(name, normalization, default_mode(name) if mode is None else mode,
            target_logit_only, tol, atol, max_iters, num_probes, probe_space, rel_error,
            max_probes)
+    _check_seed_compat(name, mode, normalization, target_logit_only, seed_compat)
     build = registry.lookup("metric", name)
     return build(apply_fn, normalization=normalization, mode=mode,
                  target_logit_only=target_logit_only, tol=tol, atol=atol, max_iters=max_iters,
                  num_probes=num_probes, probe_space=probe_space, rel_error=rel_error,
-                 max_probes=max_probes)
+                 max_probes=max_probes, seed_compat=seed_compat)
 
 
 def compute_metric(name: str, apply_fn: Callable, params, x, y=None, *, key=None, **options):
