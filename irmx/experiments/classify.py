@@ -188,6 +188,7 @@ def build_program(config, dataset=None) -> Program:
         model=model,
         steps_per_epoch=spe,
         trace_counter=epoch,
+        progress_metrics=("loss", "accuracy"),
         report=format_summary,
     )
 
@@ -229,7 +230,7 @@ def checkpoint_steps(config) -> tuple:
 def run(config, workdir: str, progress: bool = True, max_chunks=None) -> dict:
     program = build_program(config)
     summary = run_program(program, config.to_dict(), workdir, progress, max_chunks)
-    if summary and progress:
+    if summary:
         print(format_summary(summary))
     return summary
 

@@ -85,6 +85,80 @@ def override_keys(argv) -> list[str]:
             if re.match(r"^--?(no)?config\.", arg)]
 
 
+def resolve_config_path(spec: str) -> str:
+    """``spec`` (``path[:arg]``) with a path that does not exist here resolved against the
+    installed package's configs (``configs/irm/regression.py`` -> ``<irmx>/configs/irm/...``),
+    so the console scripts find a config variant outside the repository."""
+    path, colon, arg = spec.partition(":")
+    if os.path.isfile(path):
+        return spec
+    rel = os.path.normpath(path)
+    rel = rel[len("configs" + os.sep):] if rel.startswith("configs" + os.sep) else rel
+    installed = config_file(rel)
+    return installed + colon + arg if os.path.isfile(installed) else spec
+
+
+def resolve_config_argument(argv) -> list:
+    """``argv`` with its ``--config`` value resolved by ``resolve_config_path``."""
+    out = list(argv)
+    for i, arg in enumerate(out[1:], 1):
+        if re.match(r"^--?config=", arg):
+            flag, value = arg.split("=", 1)
+            out[i] = f"{flag}={resolve_config_path(value)}"
+        elif re.match(r"^--?config$", arg) and i + 1 < len(out):
+            out[i + 1] = resolve_config_path(out[i + 1])
+    return out
+
+
+def config_variants(module) -> list[str]:
+    """The variant names a config module's ``get_config`` accepts (its ``VARIANTS``, else the
+    list its ``parse_arg`` error gives for an unknown one)."""
+    if hasattr(module, "VARIANTS"):
+        return list(module.VARIANTS)
+    try:
+        module.get_config("-")
+    except ValueError as e:
+        found = re.search(r"allowed: (.*)$", str(e))
+        if found:
+            return [v.strip() for v in found.group(1).split(",") if v.strip()]
+    return []
+
+
+HELP_FLAGS = ("--help", "-help", "-h", "--h", "-?")
+
+
+def usage(argv, default_config: str, doc: str = "") -> str:
+    """The text of ``--help``: the command's line, what it does (the main's docstring), its
+    flags, and the config file's docstring (its commands and expected results) and variants."""
+    prog = os.path.basename(argv[0])
+    spec = config_argument(argv, default_config)
+    path = resolve_config_path(spec).partition(":")[0]
+    lines = [f"usage: {prog} --config=FILE[:VARIANT,...] --workdir=DIR [--config.KEY=VALUE ...]",
+             ""]
+    if doc:
+        lines += [doc.strip(), ""]
+    lines += [
+        "flags:",
+        f"  --config=FILE[:VARIANT,...]  the config file and its variants (default: {spec});",
+        "                               override any field with --config.a.b=value",
+        "  --workdir=DIR                the run's folder (created; an existing one resumes)",
+        "  --print_config               print the resolved config and exit",
+        "  --[no]progress               the progress line while it runs (default: on)",
+        "  --helpfull                   every flag, absl's and the libraries' too",
+    ]
+    if os.path.isfile(path):
+        module_spec = importlib.util.spec_from_file_location("irmx_cli_help", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        lines += ["", f"config file {path}:"]
+        if module.__doc__:
+            lines += ["  " + line if line else "" for line in module.__doc__.strip().splitlines()]
+        variants = config_variants(module)
+        if variants:
+            lines += ["", "variants: " + ", ".join(variants)]
+    return "\n".join(lines)
+
+
 def load_config(spec: str):
     """``get_config(arg)`` of the config file of ``spec`` = ``path[:arg]``; ``UserError`` for a
     missing file or a ``ValueError`` of ``get_config`` (an unknown variant)."""
@@ -154,13 +228,17 @@ def parse_flags(argv):
         _exit_with(e)
 
 
-def run_main(run_fn, default_config: str) -> None:
+def run_main(run_fn, default_config: str, doc: str = "") -> None:
     """Check the command line, define the flags, then ``app.run`` ``make_main(run_fn)`` with
-    one-line flag errors.
+    one-line flag errors. ``--help`` prints ``usage`` (``doc``: the main's docstring).
 
     ml_collections applies ``--config.a.b=v`` overrides while the flag is defined, so a misspelt
     key that ``check_command_line`` let through is caught here too.
     """
+    sys.argv = resolve_config_argument(sys.argv)
+    if any(a in HELP_FLAGS for a in sys.argv[1:]):
+        print(usage(sys.argv, default_config, doc))
+        sys.exit(0)
     try:
         check_command_line(sys.argv, default_config)
     except UserError as e:
@@ -181,6 +259,22 @@ def enable_compilation_cache() -> None:
     if folder:
         jax.config.update("jax_compilation_cache_dir", folder)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def where_outputs_are(workdir: str) -> str:
+    """The closing lines of a run: its workdir, its figures and the TensorBoard command."""
+    root = os.path.abspath(workdir)
+    figures = sorted(os.path.relpath(os.path.join(d, f), root)
+                     for d, _, files in os.walk(root) for f in files
+                     if f.endswith(".png") and os.path.basename(d) == "plots")
+    lines = [f"outputs: {root} (summary.json, metrics.jsonl, status.json, config.json)"]
+    if figures:
+        shown = ", ".join(figures[:6]) + (f", ... ({len(figures)} in all)"
+                                          if len(figures) > 6 else "")
+        lines.append(f"figures: {shown}")
+    if any("tb" in dirs for _, dirs, _ in os.walk(root)):
+        lines.append(f"tensorboard --logdir {root}")
+    return "\n".join(lines)
 
 
 def make_main(run_fn):
@@ -206,6 +300,7 @@ def make_main(run_fn):
             workdir = os.path.expanduser(FLAGS.workdir)
             wd.check_workdir(workdir)
             run_fn(config, workdir, progress=FLAGS.progress)
+            print(where_outputs_are(workdir))
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

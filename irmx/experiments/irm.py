@@ -266,6 +266,7 @@ def build_program(config) -> Program:
         chunk_steps=config.chunk_steps,
         checkpoint_every=config.checkpoint_every,
         trace_counter=chunk,
+        progress_metrics=("risk", "penalty") if config.criterion.name == "irmv1" else ("risk",),
         **common,
     )
 
@@ -286,7 +287,7 @@ def run(config, workdir: str, progress: bool = True, max_chunks: int | None = No
         return run_study(config, workdir, progress=progress)
     program = build_program(config)
     summary = run_program(program, config.to_dict(), workdir, progress, max_chunks)
-    if summary and progress and report:
+    if summary and report:
         print(f"\n{config.name}: {len(summary['axis']['seed'])} seeds, setting "
               f"{config.data.setting} (mean +- std over seeds)\n{format_table(grid_rows(summary))}")
     return summary

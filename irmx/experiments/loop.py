@@ -63,6 +63,7 @@ class Program:
     model: Any = None  # the flax module (run loader, measures)
     steps_per_epoch: int = 1
     trace_counter: Any = None  # the chunk function whose num_traces counts traces
+    progress_metrics: tuple = ()  # chunk metrics shown (mean over learners) on the progress line
 
 
 class Progress:
@@ -149,6 +150,18 @@ def _stack_results(records: list[dict]) -> tuple[dict, np.ndarray]:
     return metrics, np.array([r["diverged"] for r in records], bool)
 
 
+def _progress_note(names, metrics: dict, num_diverged: int) -> str:
+    """"risk 0.123 penalty 4.5e-05 diverged 0": the mean over the learners that have not
+    diverged of each of ``names`` in this chunk's metrics."""
+    ok = ~np.asarray(metrics["diverged"], bool)
+    parts = []
+    for name in names:
+        v = np.asarray(metrics.get(name, np.nan), np.float64).reshape(len(ok), -1).mean(1)[ok]
+        if v.size and np.isfinite(v).any():
+            parts.append(f"{name} {np.nanmean(v):.4g}")
+    return " ".join(parts + [f"diverged {num_diverged}"])
+
+
 def cohort_name(ids: list[str]) -> str:
     return hashlib.sha256(",".join(ids).encode()).hexdigest()[:12]
 
@@ -191,7 +204,7 @@ def _train(program, w, indices, ids, cohort, progress, max_chunks):
             num_div = int(np.sum(metrics["diverged"]))
             w.set_status("running", step, num_learners=n, training=len(indices),
                          num_diverged=num_div)
-            bar.update(step, f"diverged {num_div}")
+            bar.update(step, _progress_note(program.progress_metrics, metrics, num_div))
         bar.done()
         return state, data
     finally:

@@ -19,6 +19,8 @@ import json
 import math
 import os
 import secrets
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -151,6 +153,28 @@ def config_differences(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
+def git_commit() -> str:
+    """The git commit of the irmx checkout this process imports (``+dirty`` with uncommitted
+    changes), or "" when irmx is not imported from a git checkout."""
+    folder = os.path.dirname(os.path.dirname(os.path.abspath(irmx.__file__)))
+    try:
+        head = subprocess.run(["git", "-C", folder, "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode:
+            return ""
+        dirty = subprocess.run(["git", "-C", folder, "status", "--porcelain", "--", "irmx"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def provenance() -> dict:
+    """What made a run: the command line (``sys.argv``), irmx's git commit, the time."""
+    return {"command": list(sys.argv), "git_commit": git_commit(),
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
 class Workdir:
     """An opened, locked workdir. ``state`` is "new", "resume" or "done".
 
@@ -174,8 +198,10 @@ class Workdir:
         record = {"irmx_version": irmx.__version__, "config": config}
         if family:
             record["family"] = family
-        if os.path.exists(cfg_path):
-            stored = read_json(cfg_path)
+        stored = read_json(cfg_path) if os.path.exists(cfg_path) else {}
+        # every invocation on this workdir: its command line, irmx's git commit, the time
+        record["invocations"] = [*stored.get("invocations", []), provenance()]
+        if stored:
             diff = config_differences(stored.get("config", {}), config)
             # The learner axis may grow (or shrink): results are stored per learner_id.
             fixed = [k for k in diff if k.split(".")[0] not in axis_keys]
@@ -187,13 +213,12 @@ class Workdir:
                 )
             status = self.status()
             if diff:
-                write_json_atomic(cfg_path, record)
                 self.state = "resume"
             else:
                 self.state = "done" if status.get("state") in ("done", "diverged") else "resume"
         else:
-            write_json_atomic(cfg_path, record)
             self.state = "new"
+        write_json_atomic(cfg_path, record)
 
     def file(self, *names: str) -> str:
         return os.path.join(self.path, *names)
