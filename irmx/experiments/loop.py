@@ -155,8 +155,8 @@ def _progress_note(names, metrics: dict, num_diverged: int) -> str:
     diverged of each of ``names`` in this chunk's metrics."""
     ok = ~np.asarray(metrics["diverged"], bool)
     parts = []
-    for name in names:
-        v = np.asarray(metrics.get(name, np.nan), np.float64).reshape(len(ok), -1).mean(1)[ok]
+    for name in (n for n in names if n in metrics):
+        v = np.asarray(metrics[name], np.float64).reshape(len(ok), -1).mean(1)[ok]
         if v.size and np.isfinite(v).any():
             parts.append(f"{name} {np.nanmean(v):.4g}")
     return " ".join(parts + [f"diverged {num_diverged}"])
