@@ -21,10 +21,10 @@ run: $(STAMP)
 	$(PY) launch/irm.py --config=configs/irm/regression.py:study --workdir=runs/irm-regression
 
 test: $(TEST_STAMP)
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 -v tests
 
 test-slow: $(TEST_STAMP)
-	$(PY) -m pytest -n 2 --runslow tests
+	$(PY) -m pytest -n 2 -v --runslow tests
 
 bench: $(TEST_STAMP)
 	$(PY) benchmarks/irm_sweep.py

@@ -1,5 +1,8 @@
 """The notebooks run headless, top to bottom, without error (slow: ``pytest --runslow``).
 
+``IRMX_REFRESH_NOTEBOOKS=1 pytest --runslow tests/test_notebooks.py`` also writes the executed
+notebooks (with their outputs) back to notebooks/, as they are committed.
+
 The kernel is ``python3``. jupyter_client starts it with the interpreter running pytest
 (``sys.executable``, e.g. ``.venv/bin/python``): both the kernelspec that ipykernel installs into
 the venv and ipykernel's built-in one launch ``python -m ipykernel_launcher``, and jupyter_client
@@ -35,6 +38,8 @@ def _execute(name: str):
     )
     client.execute()  # raises CellExecutionError (with the cell and traceback) on any error
     prefix = _text(nb.cells.pop()).strip()
+    if os.environ.get("IRMX_REFRESH_NOTEBOOKS"):  # commit the notebooks with their outputs
+        nbformat.write(nb, os.path.join(NOTEBOOK_DIR, name))
     return nb, prefix
 
 
