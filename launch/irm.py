@@ -12,7 +12,7 @@ DEFAULT_CONFIG = cli.config_file("irm/regression.py")
 
 
 def main():
-    cli.run_main(irm.run, DEFAULT_CONFIG, __doc__)
+    cli.run_main(irm.run, DEFAULT_CONFIG, __doc__, irm.unused_keys)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ DEFAULT_CONFIG = cli.config_file("measures/noisy_classification.py")
 
 
 def main():
-    cli.run_main(classify.run, DEFAULT_CONFIG, __doc__)
+    cli.run_main(classify.run, DEFAULT_CONFIG, __doc__, classify.unused_keys)
 
 
 if __name__ == "__main__":

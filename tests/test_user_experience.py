@@ -88,3 +88,18 @@ def test_progress_note_shows_mean_loss_of_live_learners():
 
 def test_provenance_is_json():
     json.dumps(wd.provenance())
+
+
+def test_print_config_marks_what_the_variant_does_not_use():
+    from irmx.configs.irm.regression import get_config
+    from irmx.experiments import irm
+
+    unused = irm.unused_keys(get_config("base_erm"))
+    assert unused["criterion.penalty_weight"] == "criterion.name='erm'"
+    assert "gradient_manager.alpha" in unused and "optim.lr" not in unused
+    text = cli.format_config(get_config("base_erm"), unused)
+    assert "# not used by this config:" in text and "#   model.hidden  (model.name='linear')" in text
+    adareg = irm.unused_keys(get_config("adareg"))
+    assert "gradient_manager.alpha" not in adareg and "gradient_manager.beta" in adareg
+    paper_irm = irm.unused_keys(irm.experiment_config(get_config("paper"), "irm"))
+    assert "criterion.penalty_weight" in paper_irm and "criterion.erm_weight" not in paper_irm

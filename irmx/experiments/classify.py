@@ -31,6 +31,22 @@ AXIS_RANGES = {"lr": (0.0, math.inf, True), "weight_decay": (0.0, math.inf, Fals
 SHARED = ("images", "test_images", "test_labels")  # data every learner reads (vmap in_axes None)
 
 
+def unused_keys(config) -> dict:
+    """Config keys that change nothing under ``config``, with why (``--print_config``)."""
+    unused = {}
+    if config.optim.name != "sgd":
+        unused["optim.momentum"] = f"optim.name={config.optim.name!r}"
+    if not config.data.augmentation:
+        unused["data.padding"] = "data.augmentation=False"
+    if config.data.name in images_lib.EMBEDDED:
+        unused["data.data_dir"] = f"data.name={config.data.name!r} (embedded)"
+    if config.optim.warmup_epochs == 0:
+        unused["optim.warmup_initial"] = "optim.warmup_epochs=0"
+    if not config.model.name.startswith("resnet"):
+        unused["model.batchnorm"] = f"model.name={config.model.name!r}"
+    return unused
+
+
 def validate(config, num_pool=None) -> None:
     """Every value checked before any compilation; ``num_pool`` = size of the train pool."""
     cc.choice(config, "data.name", images_lib.DATASETS)

@@ -228,7 +228,7 @@ def parse_flags(argv):
         _exit_with(e)
 
 
-def run_main(run_fn, default_config: str, doc: str = "") -> None:
+def run_main(run_fn, default_config: str, doc: str = "", unused_keys=None) -> None:
     """Check the command line, define the flags, then ``app.run`` ``make_main(run_fn)`` with
     one-line flag errors. ``--help`` prints ``usage`` (``doc``: the main's docstring).
 
@@ -247,7 +247,7 @@ def run_main(run_fn, default_config: str, doc: str = "") -> None:
         define_flags(default_config)
     except (flags.Error, AttributeError, KeyError, ValueError) as e:
         _exit_with(e)
-    app.run(make_main(run_fn), flags_parser=parse_flags)
+    app.run(make_main(run_fn, unused_keys), flags_parser=parse_flags)
 
 
 def enable_compilation_cache() -> None:
@@ -277,9 +277,20 @@ def where_outputs_are(workdir: str) -> str:
     return "\n".join(lines)
 
 
-def make_main(run_fn):
+def format_config(config, unused: dict | None = None) -> str:
+    """The resolved config as ml_collections prints it; keys in ``unused`` (key -> why) are
+    listed after it as not used by this config."""
+    text = str(config).rstrip()
+    if unused:
+        text += "\n# not used by this config:\n" + "\n".join(
+            f"#   {key}  ({why})" for key, why in unused.items())
+    return text
+
+
+def make_main(run_fn, unused_keys=None):
     """An absl main that validates flags, then calls ``run_fn(config, workdir, progress)``;
-    returns 2 after one ``error:`` line for anything the user can fix."""
+    returns 2 after one ``error:`` line for anything the user can fix. ``unused_keys(config)
+    -> {key: why}`` marks what ``--print_config`` shows but the config does not use."""
 
     def main(argv):
         try:
@@ -291,7 +302,8 @@ def make_main(run_fn):
             config = FLAGS.config
             if FLAGS.print_config:
                 try:
-                    print(config, flush=True)
+                    unused = unused_keys(config) if unused_keys else None
+                    print(format_config(config, unused), flush=True)
                 except BrokenPipeError:  # `--print_config | head`: the reader has seen enough
                     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 return 0

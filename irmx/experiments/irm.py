@@ -115,6 +115,44 @@ def validate(config) -> None:
         cc.fail("select_by", config.select_by, "'' or one of " + ", ".join(TABLE_METRICS))
 
 
+def unused_keys(config) -> dict:
+    """Config keys that change nothing under ``config``, with why (``--print_config`` marks
+    them): key -> reason."""
+    c, m, unused = config.criterion, config.gradient_manager, {}
+
+    def mark(keys, why):
+        unused.update({k: why for k in keys})
+
+    if config.get("study"):
+        return {}  # each experiment applies its own overrides
+    if config.solver != "gradient":
+        mark(("optim.name", "optim.lr", "optim.momentum", "num_steps", "chunk_steps",
+              "checkpoint_every", "criterion.penalty_weight", "criterion.anneal_steps",
+              "criterion.mixing", "criterion.erm_weight", "criterion.penalty",
+              "criterion.risk_reduction"), f"solver={config.solver!r}")
+    elif c.name != "irmv1":
+        mark(("criterion.penalty_weight", "criterion.anneal_steps", "criterion.mixing",
+              "criterion.erm_weight", "criterion.penalty"), f"criterion.name={c.name!r}")
+    elif c.mixing == "convex":
+        mark(("criterion.penalty_weight", "criterion.anneal_steps"), "criterion.mixing='convex'")
+    else:
+        mark(("criterion.erm_weight",), "criterion.mixing='additive'")
+    if config.solver != "icp":
+        mark(("icp_alpha",), f"solver={config.solver!r}")
+    if m.name == "none":
+        mark(("gradient_manager.alpha", "gradient_manager.beta", "gradient_manager.eps",
+              "gradient_manager.per_tensor"), "gradient_manager.name='none'")
+    elif m.name == "adareg":
+        mark(("gradient_manager.beta",), "gradient_manager.name='adareg'")
+    if config.optim.name != "sgd":
+        mark(("optim.momentum",), f"optim.name={config.optim.name!r}")
+    if config.model.name != "mlp":
+        mark(("model.hidden",), f"model.name={config.model.name!r}")
+    if config.model.name != "linear":
+        mark(("model.use_bias",), f"model.name={config.model.name!r}")
+    return unused
+
+
 def axis_values(config) -> list[tuple[str, str]]:
     """(name, section) of every value on the learner axis beyond the seeds (vmapped, zipped
     or sampled)."""
