@@ -74,7 +74,8 @@ def default_mode(name: str, num_outputs: int | None = None) -> str:
     per Krylov vector (up to K, fewer on trained nets), so exact ``per_output`` while K <=
     EXACT_MAX_OUTPUTS (measured at K=10: within 1.1x of one batched K-cotangent backward pass,
     the matrix-free iteration 2-4x) and ``matrix_free`` above or when K is unknown (K=100:
-    5-11x faster than bigmem, flat memory). Everything else: exact ``per_output`` (the seed's
+    Lanczos 3x faster than bigmem in benchmarks/jacobian_norms.py's quick check, 14 of 100
+    vectors, flat memory). Everything else: exact ``per_output`` (the seed's
     default)."""
     if name != "jacobian_operator_norm":
         return "per_output"
