@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from irmx import classify as classify_lib
+from irmx import classify_plots, optim, registry
 from irmx import config_checks as cc
-from irmx import optim, registry
 from irmx.data import images as images_lib
 from irmx.experiments.loop import Program, run_program
 from irmx.io import tables
@@ -206,6 +206,7 @@ def build_program(config, dataset=None) -> Program:
         trace_counter=epoch,
         progress_metrics=("loss", "accuracy"),
         report=format_summary,
+        plot=classify_plots.classify_run_figures,
     )
 
 
