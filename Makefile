@@ -28,6 +28,7 @@ test-slow: $(TEST_STAMP)
 
 bench: $(TEST_STAMP)
 	$(PY) benchmarks/irm_sweep.py
+	$(PY) benchmarks/irm_paper.py
 	$(PY) benchmarks/jacobian_norms.py
 	$(PY) benchmarks/learner_groups.py
 
