@@ -53,7 +53,8 @@ def main():
                              progress=False)
         test_err = [1 - r["test_accuracy"] for r in train["learners"]]
         norms = [r["jacobian_operator_norm"] for r in stats["learners"]]
-        rows.append({"width": width, "test_error": float(np.mean(test_err)),
+        rows.append({"width": width, "num_seeds": len(test_err),
+                     "test_error": float(np.mean(test_err)),
                      "test_error_std": float(np.std(test_err)),
                      "jacobian_operator_norm": float(np.mean(norms)),
                      "jacobian_operator_norm_std": float(np.std(norms))})

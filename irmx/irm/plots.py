@@ -140,10 +140,12 @@ def _boxes(ax, vals, horizontal: bool = False) -> None:
 
 
 def irm_run_figures(workdir: str, summary: dict, history: list[dict]) -> None:
-    """plots/curves.png (``irm_curves_figure``) and plots/errors.png (``irm_errors_figure``)."""
+    """plots/curves.png (``irm_curves_figure``; not for a closed-form solver, which takes no
+    training steps) and plots/errors.png (``irm_errors_figure``)."""
     info = _run_info(workdir)
-    save_figure(irm_curves_figure(summary, history, info),
-                os.path.join(workdir, "plots", "curves.png"))
+    if history:
+        save_figure(irm_curves_figure(summary, history, info),
+                    os.path.join(workdir, "plots", "curves.png"))
     save_figure(irm_errors_figure(summary, info), os.path.join(workdir, "plots", "errors.png"))
 
 
@@ -222,11 +224,12 @@ def irm_reference_figure_object(per_seed: dict, experiments: dict, references: d
         ax.set_ylabel(f"{label}, log")
         ax.grid(axis="y", alpha=0.3)
     axes[-1].set_xticks(range(len(settings)), settings)
-    axes[-1].set_xlabel("SEM setting (F/P: fully / partially observed, "
+    axes[-1].set_xlabel("SEM setting (F/P: fully / partially observed,\n"
                         "O/E: homo- / heteroskedastic, U/S: unscrambled / scrambled)")
     axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.suptitle(f"IRM synthetic regression: irmx (mean {PM} std over {num_seeds} seeds) vs "
-                 f"the IRM reference (mean {PM} std over {repetitions} repetitions)", fontsize=11)
+    fig.suptitle(f"IRM synthetic regression: irmx (mean {PM} std over {num_seeds} seeds)\n"
+                 f"vs the IRM reference (mean {PM} std over {repetitions} repetitions)",
+                 fontsize=11)
     return fig
 
 
