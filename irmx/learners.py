@@ -363,6 +363,19 @@ def stats(values) -> dict:
             "max": float(v.max()), "n": int(v.size)}
 
 
+def grid_points(axis: LearnerAxis) -> list[tuple[dict, np.ndarray]]:
+    """The grid points in axis order: per combination of the factors after the seeds, its
+    coordinates (``hparam_names``) and its learners' indices, one per seed (``summarize``'s
+    ``grid``, TensorBoard's runs)."""
+    rows = axis.rows
+    per_point = axis.size // axis.shape[0]
+    out = []
+    for g in range(per_point):
+        idx = np.arange(axis.shape[0]) * per_point + g
+        out.append(({n: rows[int(idx[0])][n] for n in axis.hparam_names}, idx))
+    return out
+
+
 def summarize(axis: LearnerAxis, metrics_N: dict, diverged_N, select_by: str = "",
               learner_ids: Sequence[str] | None = None) -> dict:
     """Per-learner final metrics and their mean/std/min/max over seeds at each grid point.
@@ -384,10 +397,8 @@ def summarize(axis: LearnerAxis, metrics_N: dict, diverged_N, select_by: str = "
         learners.append(row)
     masked = {k: np.where(diverged, np.nan, v) for k, v in scalars.items()}
     grid = []
-    per_point = axis.size // axis.shape[0]
-    for g in range(per_point):
-        idx = np.arange(axis.shape[0]) * per_point + g
-        point = {n: rows[int(idx[0])][n] for n in axis.hparam_names}
+    for coords, idx in grid_points(axis):
+        point = dict(coords)
         point["num_seeds"] = int(len(idx))
         point["num_diverged"] = int(diverged[idx].sum())
         point.update({k: stats(v[idx]) for k, v in masked.items()})

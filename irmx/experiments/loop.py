@@ -9,6 +9,16 @@ Results are stored per learner (``DIR/learners/<learner_id>.json``): a re-run wi
 learner axis trains only the learners it has no result for, as one **cohort** whose stacked
 checkpoints live in ``DIR/ckpt/<cohort>/`` (``cohort.json`` there lists its learner ids in
 order); the summary always covers the whole current axis.
+
+TensorBoard (``irmx.io.tensorboard``): ``DIR/tb/<grid point>/`` is one run per grid point,
+named by its coordinates (``tb/penalty_weight=100``, ``tb/lr=0.01,penalty_weight=100``;
+``tb/all`` when only seeds vary), with ``<metric>/mean|std|min|max`` over the point's learners
+of the training cohort at every chunk (diverged learners left out), ``final/<metric>/...`` from
+summary.json's grid and an hparams session (one HPARAMS row per grid point). Eval-only programs
+write the final metrics; an ``epoch`` coordinate (measures' checkpoints) is their step, not
+part of the run name. Per-learner curves are in metrics.jsonl; ``IRMX_TB_PER_LEARNER=1`` in the
+environment also writes them as runs ``<grid point>/seed=<seed>`` (an environment switch, so
+it changes no config and no learner id).
 """
 
 import dataclasses
@@ -21,9 +31,9 @@ from typing import Any
 
 import jax
 import numpy as np
-from tensorboardX import SummaryWriter
 
 from irmx.io import checkpoints
+from irmx.io import tensorboard
 from irmx.io import workdir as wd
 from irmx.learners import AXIS_KEYS, LearnerAxis, summarize
 
@@ -107,18 +117,6 @@ def _rows(axis: LearnerAxis, indices, ids, cohort: str, step: int, metrics_n: di
     return rows
 
 
-def _write_tb(writer: SummaryWriter, step: int, metrics_n: dict, diverged_n, indices) -> None:
-    ok = ~np.asarray(diverged_n, bool)
-    for k, v in metrics_n.items():
-        v = np.asarray(v, np.float64)
-        if v.ndim != 1 or not np.isfinite(v[ok]).any():
-            continue  # e.g. evaluation metrics of a chunk that did not evaluate
-        writer.add_scalar(f"mean/{k}", float(np.nanmean(v[ok])), step)
-        for i, x in zip(indices, v):
-            if np.isfinite(x):
-                writer.add_scalar(f"learner_{i:03d}/{k}", float(x), step)
-
-
 class ResultsStore:
     """Final results per learner, ``DIR/learners/<learner_id>.json`` (written atomically)."""
 
@@ -166,12 +164,13 @@ def cohort_name(ids: list[str]) -> str:
     return hashlib.sha256(",".join(ids).encode()).hexdigest()[:12]
 
 
-def _train(program, w, indices, ids, cohort, progress, max_chunks):
-    """Train the cohort ``indices`` from its latest checkpoint; (state, data) at the end, or
-    None when ``max_chunks`` stopped it early (status preempted)."""
+def _train(program, w, indices, ids, cohort, progress, max_chunks, tb):
+    """Train the cohort ``indices`` from its latest checkpoint, its curves into ``tb`` (an
+    ``irmx.io.tensorboard.AxisBoard``); (state, data) at the end, or None when ``max_chunks``
+    stopped it early (status preempted)."""
     state, data = program.init(program.axis.numeric_coords(indices))
     manager = checkpoints.make_manager(w.file("ckpt", cohort), keep_steps=program.keep_steps)
-    writer = tb = None
+    writer = bar = None
     try:
         state, step = checkpoints.restore_latest(manager, state)
         saved = set(manager.all_steps())
@@ -182,20 +181,18 @@ def _train(program, w, indices, ids, cohort, progress, max_chunks):
         n = program.axis.size
         w.set_status("running", step, num_learners=n, training=len(indices))
         writer = wd.MetricsWriter(w.file("metrics.jsonl"), resume_step=step, cohort=cohort)
-        tb = SummaryWriter(w.file("tb"))
         bar = Progress(program.name, program.num_steps, progress)
         done_chunks = 0
         while step < program.num_steps:
             if max_chunks is not None and done_chunks >= max_chunks:
                 w.set_status("preempted", step, num_learners=n, training=len(indices))
-                bar.done()
                 return None
             state, metrics = program.chunk(state, data)
             metrics = jax.device_get(metrics)
             step += program.chunk_steps
             done_chunks += 1
             writer.write(_rows(program.axis, indices, ids, cohort, step, metrics))
-            _write_tb(tb, step, metrics, metrics["diverged"], indices)
+            tb.chunk(step, metrics, indices)
             every = program.checkpoint_every
             if ((every and step % every == 0) or step == program.num_steps
                     or step in program.keep_steps) and step not in saved:
@@ -205,10 +202,11 @@ def _train(program, w, indices, ids, cohort, progress, max_chunks):
             w.set_status("running", step, num_learners=n, training=len(indices),
                          num_diverged=num_div)
             bar.update(step, _progress_note(program.progress_metrics, metrics, num_div))
-        bar.done()
         return state, data
     finally:
-        for closer in (writer, tb, manager):
+        if bar is not None:
+            bar.done()  # also on an interruption: the terminal gets its cursor back
+        for closer in (writer, manager):
             if closer is not None:
                 closer.close()
 
@@ -229,6 +227,7 @@ def run_program(program: Program, config_dict: dict, workdir: str, progress: boo
             print(f"[{program.name}] {w.path} already holds this finished run; nothing to do.")
             return wd.read_json(w.file("summary.json"))
         step = 0
+        tb = tensorboard.AxisBoard(w.file("tb"), axis)
         try:
             if todo:
                 if len(todo) < axis.size:
@@ -242,7 +241,7 @@ def run_program(program: Program, config_dict: dict, workdir: str, progress: boo
                     w.set_status("running", 0, num_learners=axis.size, training=0)
                     out = program.init(axis.numeric_coords(todo))
                 else:
-                    out = _train(program, w, todo, ids, cohort, progress, max_chunks)
+                    out = _train(program, w, todo, ids, cohort, progress, max_chunks, tb)
                     if out is None:
                         return {}
                 state, data = out
@@ -264,6 +263,7 @@ def run_program(program: Program, config_dict: dict, workdir: str, progress: boo
             summary.update(name=program.name, family=program.family,
                            num_steps=program.num_steps)
             wd.write_json_atomic(w.file("summary.json"), summary)
+            tb.final(summary, program.num_steps)
             if program.plot is not None:
                 program.plot(w.path, summary, wd.read_metrics(w.file("metrics.jsonl")))
             final_state = "diverged" if diverged.all() else "done"
@@ -280,6 +280,8 @@ def run_program(program: Program, config_dict: dict, workdir: str, progress: boo
         except BaseException as e:
             w.set_status("failed", w.status().get("step", step), error=f"{type(e).__name__}: {e}")
             raise
+        finally:
+            tb.close()
 
 
 def run_group(members: list[tuple[Program, dict]], config_dict: dict, workdir: str,
