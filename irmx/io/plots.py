@@ -86,8 +86,8 @@ def set_scale(ax, values, axis: str = "y") -> str:
     sit far above 0 (the oracle's exact-zero non-causal error beside 1e-2 and 1e-1: a linear
     axis would press the small ones onto the zero line), linear below the smallest positive
     value's decade. Linear otherwise (also under a decade: a log axis there has one labelled
-    tick or none). Log axes over one or two decades get 1-2-5 or 1-3 ticks, in plain notation
-    (0.02, 0.5, 200) where that is short. Returns the scale's name."""
+    tick or none). Log axes over one to two (two to three) decades get 1-2-5 (1-3) ticks, in
+    plain notation (0.02, 0.5, 200) where that is short. Returns the scale's name."""
     v = _finite(values)
     if not v.size:
         return "linear"
@@ -107,8 +107,8 @@ def set_scale(ax, values, axis: str = "y") -> str:
     span = math.log10(pos.max() / pos.min())
     if not zero.any() and span >= 1:
         set_scale_fn("log")
-        if span < 2.3:  # a decade or two: one major tick per decade would leave one or two
-            subs = (1.0, 2.0, 5.0) if span < 1.3 else (1.0, 3.0)
+        if span < 3:  # one to three decades: one major tick per decade would leave 1-3
+            subs = (1.0, 2.0, 5.0) if span < 2 else (1.0, 3.0)
             target.set_major_locator(ticker.LogLocator(subs=subs))
         if 1e-4 <= pos.min() and pos.max() <= 1e5:  # 0.001, 0.5, 200 rather than 10^-3 ...
             target.set_major_formatter(ticker.FuncFormatter(_plain))
