@@ -5,7 +5,7 @@
     DIR/metrics.jsonl  one object per logged point: {"step", "learner", coords..., metrics...}
     DIR/summary.json   final metrics per learner + mean/std/min/max over seeds per grid point
     DIR/ckpt/          orbax CheckpointManager
-    DIR/tb/            TensorBoard event files
+    DIR/tb/<point>/    TensorBoard, one run per grid point (``irmx.io.tensorboard``)
     DIR/plots/*.png    the family's figures
 
 JSON files are written atomically (temp file + ``os.replace``), readable as the process umask
