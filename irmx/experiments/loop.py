@@ -77,32 +77,50 @@ class Program:
 
 
 class Progress:
-    """One self-overwriting status line on stderr while a run works."""
+    """The progress display of a run on stderr: on a terminal a ``rich`` progress bar (steps,
+    elapsed and remaining time, the chunk's mean loss); in a log (not a terminal) one plain
+    line per quarter of the run, so a log stays short."""
 
     def __init__(self, name: str, total: int, enabled: bool = True):
         self.name, self.total, self.enabled = name, total, enabled
         self.start = time.time()
         self.tty = sys.stderr.isatty()
         self.last_quarter = -1
+        self._bar = None
+        if enabled and self.tty:
+            from rich.console import Console
+            from rich.markup import escape
+            from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import Progress as RichProgress
+
+            self._bar = RichProgress(
+                TextColumn(escape(f"[{name}]")), BarColumn(bar_width=24), MofNCompleteColumn(),
+                TextColumn("steps"),
+                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                TextColumn("{task.fields[note]}", markup=False), console=Console(stderr=True),
+                transient=False)
+            self._task = self._bar.add_task(name, total=max(total, 1), note="")
+            self._bar.start()
 
     def update(self, step: int, note: str = "") -> None:
         if not self.enabled:
             return
-        frac = step / max(self.total, 1)
-        quarter = int(4 * frac)
-        if not self.tty and quarter == self.last_quarter:
-            return  # in logs, one line per quarter instead of a redrawn bar
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, note=note)
+            return
+        quarter = int(4 * step / max(self.total, 1))
+        if quarter == self.last_quarter:
+            return  # in logs, one line per quarter
         self.last_quarter = quarter
-        bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
         elapsed = time.time() - self.start
-        line = f"[{self.name}] {bar} step {step}/{self.total} {elapsed:6.1f}s {note}"
-        sys.stderr.write(f"\r{line:<79}" if self.tty else line + "\n")
+        sys.stderr.write(f"[{self.name}] step {step}/{self.total} {elapsed:6.1f}s {note}\n")
         sys.stderr.flush()
 
     def done(self) -> None:
-        if self.enabled and self.tty:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
 
 def _rows(axis: LearnerAxis, indices, ids, cohort: str, step: int, metrics_n: dict) -> list:
