@@ -237,7 +237,7 @@ def run_main(run_fn, default_config: str, doc: str = "", unused_keys=None) -> No
     """
     sys.argv = resolve_config_argument(sys.argv)
     if any(a in HELP_FLAGS for a in sys.argv[1:]):
-        print(usage(sys.argv, default_config, doc))
+        print_to_pipe(usage(sys.argv, default_config, doc))
         sys.exit(0)
     try:
         check_command_line(sys.argv, default_config)
@@ -277,6 +277,15 @@ def where_outputs_are(workdir: str) -> str:
     return "\n".join(lines)
 
 
+def print_to_pipe(text: str) -> None:
+    """Print ``text``; a reader that closed the pipe early (``--help | head``) has seen
+    enough, which is no error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def format_config(config, unused: dict | None = None) -> str:
     """The resolved config as ml_collections prints it; keys in ``unused`` (key -> why) are
     listed after it as not used by this config."""
@@ -301,11 +310,8 @@ def make_main(run_fn, unused_keys=None):
             enable_compilation_cache()
             config = FLAGS.config
             if FLAGS.print_config:
-                try:
-                    unused = unused_keys(config) if unused_keys else None
-                    print(format_config(config, unused), flush=True)
-                except BrokenPipeError:  # `--print_config | head`: the reader has seen enough
-                    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                unused = unused_keys(config) if unused_keys else None
+                print_to_pipe(format_config(config, unused))
                 return 0
             if not FLAGS.workdir:
                 raise UserError("--workdir is required (the folder for the run's files)")
