@@ -456,16 +456,20 @@ def test_ctrl_c_is_one_line_with_status_interrupted(tmp_path):
            "--config.num_steps=2000000", "--config.chunk_steps=2000",
            "--config.checkpoint_every=20000", f"--workdir={tmp_path / 'run'}", "--noprogress"]
     env = dict(os.environ, IRMX_JAX_CACHE="")
+    # SIGINT as a terminal delivers it: a worker process (pytest-xdist) may ignore SIGINT, and a
+    # child that inherits SIG_IGN never sees it (Python installs its handler only over SIG_DFL)
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     status = tmp_path / "run" / "status.json"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (
+    deadline = time.time() + 600
+    while time.time() < deadline and p.poll() is None and not (
             status.exists() and json.loads(status.read_text()).get("step", 0) > 0):
         time.sleep(0.05)
+    assert p.poll() is None, p.communicate()
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 130, err
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, (out, err, status.read_text() if status.exists() else None)
     assert "Traceback" not in err and "re-run the same command to resume" in err
     state = json.loads(status.read_text())
     assert state["state"] == "interrupted" and state["step"] > 0
