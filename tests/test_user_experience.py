@@ -23,35 +23,38 @@ def _run(args, cwd):
                           env=env, timeout=600)
 
 
-@pytest.mark.parametrize("launcher,variant", [("irm", "paper"), ("train", "cifar10_resnet18"),
-                                              ("measures", "seed_compat")])
-def test_help_lists_flags_config_docstring_and_variants(launcher, variant, tmp_path):
-    out = _run([os.path.join(ROOT, "launch", f"{launcher}.py"), "--help"], tmp_path)
+def test_help_lists_flags_config_docstring_and_variants(tmp_path):
+    out = _run([os.path.join(ROOT, "launch", "irm.py"), "--help"], tmp_path)
     assert out.returncode == 0, out.stderr
-    text = out.stdout
-    for flag in ("--config=", "--workdir=", "--print_config", "--[no]progress", "--helpfull"):
-        assert flag in text
-    assert "config file " in text and "variants: " in text and variant in text
-    assert "absl" not in text.split("config file")[0]  # irmx's flags, not absl's
+    texts = {"paper": out.stdout}
+    for launcher, variant in (("train", "cifar10_resnet18"), ("measures", "seed_compat")):
+        default = cli.config_file({"train": "measures/noisy_classification.py",
+                                   "measures": "measures/jacobian.py"}[launcher])
+        texts[variant] = cli.usage([f"irmx-{launcher}"], default, f"{launcher} docstring")
+    for variant, text in texts.items():
+        for flag in ("--config=", "--workdir=", "--print_config", "--[no]progress",
+                     "--helpfull"):
+            assert flag in text
+        assert "config file " in text and "variants: " in text and variant in text
+        assert "absl" not in text.split("config file")[0]  # irmx's flags, not absl's
 
 
 def test_config_path_resolves_against_the_installed_package(tmp_path, monkeypatch):
-    """From a folder without configs/, the README's --config=configs/... still works."""
-    out = _run([os.path.join(ROOT, "launch", "irm.py"),
-                "--config=configs/irm/regression.py:smoke", "--print_config"], tmp_path)
-    assert out.returncode == 0, out.stderr
-    assert "num_seeds: 4" in out.stdout
+    """From a folder without configs/, the README's --config=configs/... names the installed
+    package's file (the command-line run of the next test starts there)."""
     monkeypatch.chdir(tmp_path)
     spec = cli.resolve_config_path("configs/irm/regression.py:paper")
     assert spec.endswith(os.path.join("irmx", "configs", "irm", "regression.py") + ":paper")
     assert cli.resolve_config_path("nowhere/x.py:a") == "nowhere/x.py:a"
+    argv = cli.resolve_config_argument(["x", "--config", "configs/irm/regression.py:smoke"])
+    assert argv[2].endswith("regression.py:smoke") and os.path.isabs(argv[2])
 
 
 def test_a_run_ends_saying_where_its_outputs_are_and_records_how_it_was_made(tmp_path):
     run_dir = tmp_path / "run"
     args = [os.path.join(ROOT, "launch", "irm.py"), "--config=configs/irm/regression.py:smoke",
             f"--workdir={run_dir}", "--config.num_seeds=2", "--noprogress"]
-    out = _run(args, ROOT)
+    out = _run(args, tmp_path)  # outside the repository: the config resolves to irmx's
     assert out.returncode == 0, out.stderr
     assert "causal_error" in out.stdout  # the table prints with --noprogress
     assert f"outputs: {run_dir}" in out.stdout
@@ -59,9 +62,9 @@ def test_a_run_ends_saying_where_its_outputs_are_and_records_how_it_was_made(tmp
     assert f"tensorboard --logdir {run_dir}" in out.stdout
     record = json.loads((run_dir / "config.json").read_text())
     (first,) = record["invocations"]
-    assert first["command"][1:] == args[1:]
+    assert first["command"][-(len(args) - 1):] == args[1:]  # as typed, before resolution
     assert first["git_commit"] == "" or len(first["git_commit"].split("+")[0]) == 40
-    _run(args, ROOT)  # a re-run (nothing to do) is recorded too
+    _run(args, tmp_path)  # a re-run (nothing to do) is recorded too
     record = json.loads((run_dir / "config.json").read_text())
     assert len(record["invocations"]) == 2
 

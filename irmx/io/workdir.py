@@ -170,8 +170,9 @@ def git_commit() -> str:
 
 
 def provenance() -> dict:
-    """What made a run: the command line (``sys.argv``), irmx's git commit, the time."""
-    return {"command": list(sys.argv), "git_commit": git_commit(),
+    """What made a run: the command line as typed (``sys.orig_argv``), irmx's git commit, the
+    time."""
+    return {"command": list(getattr(sys, "orig_argv", sys.argv)), "git_commit": git_commit(),
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
