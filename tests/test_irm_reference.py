@@ -13,7 +13,7 @@ from irmx.configs.irm.regression import SETTINGS, get_config
 from irmx.data import sem as sem_lib
 from irmx.experiments import irm
 from irmx.irm import criteria, reference
-from irmx.irm.penalties import irmv1_penalty, irmv1_vector_penalty, mse
+from irmx.irm.penalties import irmv1_penalty, irmv1_vector_penalty
 from irmx.nets import make_model
 
 D = 6
@@ -49,7 +49,8 @@ def test_vector_penalty_is_the_reference_formula():
     x, y = _envs()
     phi = _phi()
     for e in range(2):
-        got = irmv1_vector_penalty(lambda w: jnp.asarray(x[e]) @ phi @ w, jnp.asarray(y[e]), D)
+        got = irmv1_vector_penalty(lambda w, e=e: jnp.asarray(x[e]) @ phi @ w,
+                                   jnp.asarray(y[e]), D)
         f = np.float64(x[e]) @ np.float64(phi)
         g = 2.0 / len(y[e]) * f.T @ (f.sum(1) - y[e])
         np.testing.assert_allclose(float(got), np.mean(g**2), rtol=1e-5)
@@ -106,8 +107,8 @@ def test_compressed_environment_is_exact_for_models_linear_in_x():
         loss_terms = criteria.make_loss_terms(model.apply, "irmv1", penalty=penalty,
                                               risk_reduction="sum")
         full = train.term_gradients(
-            lambda p: loss_terms(p, (jnp.asarray(x), jnp.asarray(y)), None), params)
-        comp = train.term_gradients(lambda p: loss_terms(p, (xc, yc), None), params)
+            lambda p, f=loss_terms: f(p, (jnp.asarray(x), jnp.asarray(y)), None), params)
+        comp = train.term_gradients(lambda p, f=loss_terms: f(p, (xc, yc), None), params)
         np.testing.assert_allclose(np.asarray(comp[0]), np.asarray(full[0]), rtol=2e-4)
         np.testing.assert_allclose(np.asarray(comp[1]["params"]["phi"]),
                                    np.asarray(full[1]["params"]["phi"]), rtol=2e-3, atol=1e-5)

