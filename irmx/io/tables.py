@@ -1,8 +1,13 @@
 """The one plain-text table formatter of every family's printed results (and of the README's
-tables, which are copied from what the commands print)."""
+tables, which are copied from what the commands print), built with ``rich``."""
 
+import io
 import math
 from collections.abc import Sequence
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
 
 def cell(value, digits: int = 4) -> str:
@@ -26,14 +31,17 @@ def mean_std(stats: dict, digits: int = 4, missing: str = "diverged") -> str:
 
 def format_table(header: Sequence[str], rows: Sequence[Sequence], *, title: str = "",
                  rule: bool = True, digits: int = 4) -> str:
-    """Columns as wide as their widest cell; the first (the row label) left-aligned, the
-    others right-aligned; a rule under the header; cells formatted by ``cell``."""
-    text = [[str(h) for h in header]] + [[cell(v, digits) for v in r] for r in rows]
-    widths = [max(len(r[k]) for r in text) for k in range(len(header))]
-    lines = [title] if title else []
-    for i, r in enumerate(text):
-        parts = [r[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(r[1:], widths[1:])]
-        lines.append("  ".join(parts).rstrip())
-        if i == 0 and rule:
-            lines.append("-" * len(lines[-1]))
-    return "\n".join(lines)
+    """A ``rich`` table as plain text: columns as wide as their widest cell, the first (the row
+    label) left-aligned, the others right-aligned, a rule under the header (``rule``), cells
+    formatted by ``cell``; ``title`` on its own line above."""
+    table = Table(box=box.SIMPLE_HEAD if rule else None, show_edge=False, pad_edge=False,
+                  collapse_padding=rule, show_header=True, header_style=None)
+    for k, name in enumerate(header):
+        table.add_column(str(name), justify="left" if k == 0 else "right", no_wrap=True)
+    for r in rows:
+        table.add_row(*[cell(v, digits) for v in r])
+    buffer = io.StringIO()
+    Console(file=buffer, width=10_000, color_system=None, force_terminal=False,
+            highlight=False).print(table)
+    lines = [line.rstrip() for line in buffer.getvalue().splitlines() if line.strip()]
+    return "\n".join(([title] if title else []) + lines)
