@@ -872,6 +872,9 @@ def _cli(args, jax_cache, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+# slow: the command-line path of both mains end to end (the in-process runs above cover the
+# numbers; tests/test_user_experience.py covers a command-line run)
+@pytest.mark.slow
 def test_cli_train_then_measures(trained, measured, jax_cache, tmp_path):
     train_dir, stats_dir = tmp_path / "train", tmp_path / "stats"
     r = _cli(["launch/train.py", "--config=configs/measures/noisy_classification.py:smoke",

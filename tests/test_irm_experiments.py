@@ -110,6 +110,9 @@ def test_irmv1_beats_erm_on_noncausal_error(feu_default_runs):
                                rtol=0.15)
 
 
+# slow: the five-experiment study end to end (tests/test_irm_reference.py runs a study group
+# with its table and figures by default)
+@pytest.mark.slow
 def test_study_smoke(tmp_path):
     study = irm.run(get_config("study,smoke"), str(tmp_path), progress=False)
     assert list(study["experiments"]) == list(EXPERIMENTS)
