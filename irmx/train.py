@@ -70,6 +70,9 @@ class TrainState:
     diverged: jax.Array  # bool scalar: a non-finite loss or state was seen; frozen since
     model_state: Any = flax.struct.field(default_factory=dict)  # flax batch_stats, ...
     values: Any = flax.struct.field(default_factory=dict)  # per-learner values (see make_update)
+    # state of an outer loop that changes ``values`` between chunks (hypergradient optimizer
+    # state, reference weights of a reset, ...); {} for plain training
+    outer: Any = flax.struct.field(default_factory=dict)
 
 
 class UpdateState(NamedTuple):
@@ -179,12 +182,21 @@ def hyperparam_names(opt_state) -> tuple[str, ...]:
     return tuple(names)
 
 
-def init_state(params, optimizer: optax.GradientTransformation, key, values=None,
-               model_state=None, hyperparams: Sequence[str] = ()) -> TrainState:
+def optimizer_of(optimizer, values) -> optax.GradientTransformation:
+    """``optimizer`` itself, or, for an optimizer **factory** (a plain function of the
+    learner's values, see ``make_update``), the transformation it builds from ``values``."""
+    if isinstance(optimizer, optax.GradientTransformation):
+        return optimizer
+    return optimizer(values)
+
+
+def init_state(params, optimizer, key, values=None, model_state=None,
+               hyperparams: Sequence[str] = (), outer=None) -> TrainState:
     """Fresh state of one learner. ``key`` is its ``step`` stream; ``values`` its per-learner
-    pytree; the entries named in ``hyperparams`` are written into the optimizer state."""
+    pytree; the entries named in ``hyperparams`` are written into the optimizer state;
+    ``outer`` the state of an outer loop over the values (``TrainState.outer``)."""
     values = {} if values is None else values
-    opt_state = optimizer.init(params)
+    opt_state = optimizer_of(optimizer, values).init(params)
     opt_state = set_hyperparams(opt_state, **{n: values[n] for n in hyperparams})
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -194,6 +206,7 @@ def init_state(params, optimizer: optax.GradientTransformation, key, values=None
         diverged=jnp.zeros((), bool),
         model_state=model_state or {},
         values=values,
+        outer={} if outer is None else outer,
     )
 
 
@@ -230,21 +243,28 @@ def all_finite(tree) -> jax.Array:
     return jnp.all(jnp.array(leaves)) if leaves else jnp.ones((), bool)
 
 
-def make_update(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
+def make_update(loss_fn: Callable, optimizer, *,
                 multi_term: bool = False, hooks: Sequence[Hook] = (),
                 hyperparams: Sequence[str] = (), canonical_convs: bool = False,
                 remat: bool = False) -> Callable:
     """The pure update map (module docstring). ``canonical_convs=True`` re-lays out the
     convolutions of the gradient computation so XLA:CPU keeps them on its fast path inside a
     ``lax.scan`` (conv nets 2.5-38x faster; ``irmx.conv_layout``). ``remat=True`` wraps the
-    map in ``jax.checkpoint`` (long unrolled differentiation: memory of one step per step)."""
+    map in ``jax.checkpoint`` (long unrolled differentiation: memory of one step per step).
+
+    ``optimizer`` is an optax transformation, or a **factory** ``optimizer(values) ->
+    optax.GradientTransformation`` called inside the update with the learner's values, for
+    hyperparameters that ``inject_hyperparams`` cannot carry (pytrees: one learning rate per
+    weight, ``irmx.hypergrad.rule``); its state's structure must not depend on the values.
+    Either way the update is a differentiable function of ``values``."""
     hooks = tuple(hooks)
     for h in hooks:
         if not isinstance(h, Hook):
             raise TypeError(f"hooks must be irmx.train.Hook instances, got {type(h).__name__}")
-    extra_args = isinstance(optimizer, optax.GradientTransformationExtraArgs)
 
     def update(params, opt_state, model_state, batch, key, values, step=0):
+        opt = optimizer_of(optimizer, values)
+        extra_args = isinstance(opt, optax.GradientTransformationExtraArgs)
         key_loss, key_hooks = jax.random.split(key)
         st = _apply_hooks(hooks, "before_step", UpdateState(params, opt_state, model_state),
                           values, key_hooks, step)
@@ -269,10 +289,10 @@ def make_update(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
         grads = _apply_hooks(hooks, "after_gradients", grads, values, key_hooks, step)
         if extra_args:
             value_fn = lambda p: loss_of(p, model_state, batch, key_loss, values)[0]
-            updates, opt_state = optimizer.update(grads, opt_state, params, value=loss,
-                                                  grad=grads, value_fn=value_fn)
+            updates, opt_state = opt.update(grads, opt_state, params, value=loss,
+                                            grad=grads, value_fn=value_fn)
         else:
-            updates, opt_state = optimizer.update(grads, opt_state, params)
+            updates, opt_state = opt.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         st = _apply_hooks(hooks, "after_update", UpdateState(params, opt_state, new_model_state),
                           values, key_hooks, step)
@@ -296,23 +316,37 @@ def make_step(update: Callable, batch_fn: Callable | None = None) -> Callable:
     """
 
     def step(state: TrainState, data):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-        key_batch, key_update = jax.random.split(key)
-        batch = data if batch_fn is None else batch_fn(data, state.step, key_batch)
-        params, opt_state, model_state, aux = update(
-            state.params, state.opt_state, state.model_state, batch, key_update, state.values,
-            state.step)
-        ok = all_finite((aux["loss"], params, opt_state, model_state)) & ~state.diverged
-        new_state = state.replace(
-            step=state.step + 1,
-            params=_select(ok, params, state.params),
-            opt_state=_select(ok, opt_state, state.opt_state),
-            model_state=_select(ok, model_state, state.model_state),
-            diverged=~ok,
-        )
-        return new_state, dict(aux, diverged=new_state.diverged)
+        batch, key_update = step_inputs(state, data, batch_fn)
+        out = update(state.params, state.opt_state, state.model_state, batch, key_update,
+                     state.values, state.step)
+        return commit_step(state, *out)
 
     return step
+
+
+def step_inputs(state: TrainState, data, batch_fn: Callable | None = None):
+    """(batch, update key) of the learner's next step: the step key is ``fold_in(step stream,
+    step)``, split into the batch's key and the update's (``make_step``; also used by the
+    hypergradient steps, which call the update map themselves to differentiate it)."""
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+    key_batch, key_update = jax.random.split(key)
+    batch = data if batch_fn is None else batch_fn(data, state.step, key_batch)
+    return batch, key_update
+
+
+def commit_step(state: TrainState, params, opt_state, model_state, aux):
+    """The state after one step with the update map's outputs, divergence masked: a step whose
+    loss or new state is not finite marks the learner diverged and keeps its previous state
+    exactly. Returns (state, metrics)."""
+    ok = all_finite((aux["loss"], params, opt_state, model_state)) & ~state.diverged
+    new_state = state.replace(
+        step=state.step + 1,
+        params=_select(ok, params, state.params),
+        opt_state=_select(ok, opt_state, state.opt_state),
+        model_state=_select(ok, model_state, state.model_state),
+        diverged=~ok,
+    )
+    return new_state, dict(aux, diverged=new_state.diverged)
 
 
 def make_chunk(step: Callable, num_steps: int) -> Callable:
