@@ -537,8 +537,7 @@ def _optimizers(config):
     out = []
     for r in range(b.repeats):
         seed = config.seed * 1000 + r
-        acq = bo.acquisition.ConstantLiar(bo.acquisition.UpperConfidenceBound(
-            kappa=2.576, random_state=seed), random_state=seed)
+        acq = bo.acquisition.ConstantLiar(bo.acquisition.UpperConfidenceBound(kappa=2.576))
         out.append(bo.BayesianOptimization(f=None, pbounds=bounds, random_state=seed,
                                            acquisition_function=acq, verbose=0,
                                            allow_duplicate_points=True))

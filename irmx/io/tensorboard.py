@@ -6,11 +6,15 @@ grouping of summary.json's ``grid``), named by its coordinates (``penalty_weight
 
 * ``<metric>/mean``, ``/std``, ``/min``, ``/max`` over the point's learners at every chunk
   (``step`` = training step), diverged learners left out, and ``num_diverged``;
+* a histogram ``<metric>`` of a metric that is a vector per learner (the hypergrad family's
+  per-weight learning-rate deciles ``lr_quantiles``), over the point's learners;
 * ``final/<metric>/mean|std|min|max`` and ``final/num_diverged``: summary.json's grid point (the
   ``evaluate`` results), at the last step;
 * the hparams plugin's session (coordinates -> ``final/<metric>/mean``), so the HPARAMS tab
   lists one row per grid point.
 
+When the grid points are sampled or zipped values (initialisations), the run ``all_learners``
+holds the same curve statistics over every learner (the mean trajectory over initialisations).
 The first run also holds a custom-scalars layout: one margin chart (mean within min..max) per
 chunk metric. A factor that holds an ``epoch`` coordinate (the measures' checkpoint, epoch) is
 not part of a run's name: its epoch is the step of the final metrics, so a measured metric is a
@@ -38,6 +42,7 @@ from irmx.learners import LearnerAxis, grid_points
 PER_LEARNER_ENV = "IRMX_TB_PER_LEARNER"
 STATS = ("mean", "std", "min", "max")
 STEP_COORD = "epoch"
+ALL_LEARNERS = "all_learners"  # the run of statistics over every learner (several grid points)
 
 
 def per_learner_enabled() -> bool:
@@ -129,6 +134,9 @@ class AxisBoard:
         self._writers: dict[str, EventWriter] = {}
         self._layout_written = False
         seed_names = axis.factors[0].names
+        # sampled grid points (initialisations) also get one run over every learner
+        self.all_learners = len(self.runs) > 1 and any(f.kind in ("sampled", "zip")
+                                                       for f in axis.factors)
         self._learner_names = [run_name({n: r[n] for n in seed_names}) for r in axis.rows]
 
     def writer(self, name: str) -> EventWriter:
@@ -142,6 +150,8 @@ class AxisBoard:
         diverged = np.asarray(metrics_n.get("diverged", np.zeros(len(position))), bool)
         curves = {k: np.asarray(v, np.float64) for k, v in metrics_n.items()
                   if k != "diverged" and np.ndim(v) == 1}
+        spreads = {k: np.asarray(v, np.float64) for k, v in metrics_n.items()
+                   if np.ndim(v) == 2}  # a vector per learner (per-weight learning rates)
         for run in self.runs:
             sel = np.array([position[int(i)] for _, _, idx in run["points"] for i in idx
                             if int(i) in position], int)
@@ -156,10 +166,21 @@ class AxisBoard:
                 w.summary(self._layout(curves))
                 self._layout_written = True
             w.scalars(step, values)
+            for k, v in spreads.items():
+                flat = v[ok].ravel()
+                flat = flat[np.isfinite(flat)]
+                if flat.size:
+                    w.summary(tbx_summary.histogram(k, flat, "auto"), step)
             if self.per_learner:
                 for j in sel:
                     self.writer(self._learner_path(run, int(indices[j]))).scalars(
                         step, {k: v[j] for k, v in curves.items() if np.isfinite(v[j])})
+        if self.all_learners:  # every learner of the cohort together
+            ok = ~diverged
+            values = {"num_diverged": int(diverged.sum())}
+            for k, v in curves.items():
+                values.update(_stats(v[ok], k))
+            self.writer(ALL_LEARNERS).scalars(step, values)
         self.flush()
 
     def _learner_path(self, run: dict, i: int) -> str:
