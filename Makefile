@@ -14,7 +14,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[test,data]"
+	$(PY) -m pip install -q -e ".[test,data,uci,bayesopt]"
 	touch $(TEST_STAMP)
 
 run: $(STAMP)
