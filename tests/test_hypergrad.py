@@ -376,3 +376,24 @@ def test_tensorboard_has_the_mean_over_initialisations_and_a_rate_histogram(tmp_
     histos = [v for ev in tb.read_events(os.path.join(d, "tb", point)) for v in ev.summary.value
               if v.WhichOneof("value") == "histo"]
     assert histos and histos[0].tag == "lr_quantiles"
+
+
+def _write_ptb(directory, rng):
+    words = "the cat sat on a mat dog ran and far away".split()
+    for split, n in (("train", 120), ("valid", 30), ("test", 30)):
+        lines = [" ".join(rng.choice(words, 6)) for _ in range(n)]
+        (directory / f"ptb.{split}.txt").write_text("".join(f" {ln} \n" for ln in lines))
+
+
+def test_penn_treebank_language_model_trains_from_ptb_files(tmp_path):
+    """The LSTM task end to end on small files in the ptb.*.txt format: Ours (WD+LR) moves the
+    hyperparameters, the test perplexity is below the vocabulary size (uniform guessing)."""
+    _write_ptb(tmp_path, np.random.default_rng(0))
+    config = cli.load_config(f"{ROOT}/configs/hypergrad/penn_treebank.py:ours_lr,smoke")
+    config.data.data_dir = str(tmp_path)
+    config.algorithm.hyper_steps = 10
+    summary = hypergrad.run(config, str(tmp_path / "w"), progress=False)
+    (row,) = summary["learners"]
+    assert not row["diverged"] and np.isfinite(row["test_perplexity"])
+    assert row["test_perplexity"] < 13  # 11 words + <eos>: uniform guessing is 12
+    assert row["lr"] != pytest.approx(10 ** -1.35, rel=1e-3)

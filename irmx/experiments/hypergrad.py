@@ -30,18 +30,21 @@ from irmx import classify as classify_lib
 from irmx import config_checks as cc
 from irmx import rng
 from irmx.data import images as images_lib
+from irmx.data import ptb as ptb_lib
 from irmx.data import uci
 from irmx.experiments.loop import Program, run_group, run_program
 from irmx.hypergrad import algorithms, rule
 from irmx.io import tables
 from irmx.io import workdir as wd
 from irmx.learners import axis_from_config, learner_stream, make_init, map_learners
+from irmx.nets import lstm as lstm_lib
 from irmx.nets.classifiers import make_classifier
 from irmx.train import init_state, make_step, make_update
 
 REGRESSION = uci.DATASETS
 CLASSIFICATION = images_lib.DATASETS
-DATASETS = REGRESSION + CLASSIFICATION
+LANGUAGE = ("penn_treebank",)
+DATASETS = REGRESSION + CLASSIFICATION + LANGUAGE
 # (low, high, low_open) of each value a learner may vary (vmapped / zipped / sampled; natural)
 AXIS_RANGES = {"lr": (0.0, math.inf, True), "weight_decay": (0.0, math.inf, True),
                "momentum": (0.0, 1.0, False), "bo_repeat": (0.0, math.inf, False)}
@@ -52,6 +55,10 @@ MOMENTUM_EPS = 1e-6  # natural momentum kept in [eps, 1 - eps]: finite logit (re
 
 def is_regression(config) -> bool:
     return config.data.name in REGRESSION
+
+
+def is_language(config) -> bool:
+    return config.data.name in LANGUAGE
 
 
 def val_fraction(config) -> float | None:
@@ -86,10 +93,19 @@ def validate(config) -> None:
         cc.fail("data.val_fraction", config.data.val_fraction, "-1 (the data set's) or [0, 1)")
     if is_regression(config):
         cc.choice(config, "data.source", uci.SOURCES)
-    cc.number(config, "data.batch_size", 0, integer=True)
-    cc.number(config, "data.num_train", 0, integer=True)
-    with cc.config_keys(name="model.name"):
-        make_classifier(config.model.name, 10, weight_init="pytorch")
+    if not is_language(config):
+        cc.number(config, "data.batch_size", 0, integer=True)
+        cc.number(config, "data.num_train", 0, integer=True)
+    if is_language(config):
+        for key in ("data.seq_len", "data.parallel_sequences", "model.embed_size",
+                    "model.hidden_size", "model.num_layers"):
+            cc.number(config, key, 1, integer=True)
+        if not config.data.data_dir:
+            cc.fail("data.data_dir", "", "the folder holding ptb.{train,valid,test}.txt "
+                    "(irmx never downloads Penn Treebank)")
+    else:
+        with cc.config_keys(name="model.name"):
+            make_classifier(config.model.name, 10, weight_init="pytorch")
     a = config.algorithm
     cc.choice(config, "algorithm.kind", algorithms.KINDS)
     cc.choice(config, "algorithm.search", SEARCHES)
@@ -148,7 +164,7 @@ def validate(config) -> None:
 
 def check_data(config, num_train_pool: int) -> None:
     """Checks that need the data set's size (images: batch size, training points)."""
-    if is_regression(config):
+    if is_regression(config) or is_language(config):
         return
     frac = val_fraction(config)
     frac = 1 / 6 if frac is None else frac
@@ -174,6 +190,19 @@ def load_data(config) -> dict:
     Baydin configs: ``validation_proportion: 0``, the validation loader is the training one)."""
     d = config.data
     frac = val_fraction(config)
+    if is_language(config):
+        raw = ptb_lib.load_ptb(d.data_dir or ".")
+        tr, va, te = ptb_lib.split_ptb(raw, ptb_lib.PTB_VAL_FRACTION if frac is None else frac)
+        va = va if len(va) else tr  # no validation split: validate on the training stream
+        p = d.parallel_sequences
+        out = {"x_train": ptb_lib.batchify(tr, p), "x_val": ptb_lib.batchify(va, p),
+               "x_test": ptb_lib.batchify(te, p), "num_tokens": raw["num_tokens"],
+               "source": "files"}
+        for split in ("train", "val", "test"):
+            if ptb_lib.num_bptt_batches(out[f"x_{split}"].shape[0], d.seq_len) < 1:
+                cc.fail("data.seq_len", d.seq_len, f"fewer time rows than the {split} split's "
+                        f"{out[f'x_{split}'].shape[0] - 1} (tokens / parallel_sequences - 1)")
+        return out
     if is_regression(config):
         with cc.config_keys(name="data.name", source="data.source"):
             raw = uci.load_regression(d.name, d.data_dir or None, d.source)
@@ -223,24 +252,16 @@ def _hyper_optimizer(config):
     return (optax.adam(a.hyper_lr) if a.hyper_optimizer == "adam" else optax.sgd(a.hyper_lr))
 
 
-def build_program(config, data=None, name: str | None = None) -> Program:
-    """Validate, load the shared split, close over it: pure learner-vmapped training of
-    ``config.algorithm`` over the axis of ``config``."""
-    validate(config)
-    data = load_data(config) if data is None else data
+def _supervised_task(config, data) -> dict:
+    """Regression (MSE of normalised targets) or classification (cross-entropy) with an MLP /
+    conv net of ``irmx.nets.classifiers`` (torch's initialisation, as the reference)."""
     regression = is_regression(config)
-    a = config.algorithm
-    axis = axis_from_config(config)
     model = make_classifier(config.model.name, 1 if regression else data["num_classes"],
                             weight_init="pytorch")
-    optimizer = rule.make_rule(config.clip_norm)
-    hyper_opt = _hyper_optimizer(config)
-    total = num_steps(config)
-    per_chunk = hypers_per_chunk(config)
     n_train = len(data["y_train"])
-    bs = config.data.batch_size if not regression else (config.data.batch_size or n_train)
-    bs = min(bs, n_train)
+    bs = min(config.data.batch_size or n_train, n_train)
     full_batch = bs == n_train
+    spe = max(1, n_train // bs)
 
     def predict(params, x):
         out = model.apply(params, x)
@@ -253,16 +274,9 @@ def build_program(config, data=None, name: str | None = None) -> Program:
             return jnp.mean(jnp.square(out - y))
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out, y))
 
-    def loss_fn(params, model_state, batch, key, values):
-        del model_state, key, values
-        return loss_on(params, batch), {}
-
-    spe = max(1, n_train // bs)
-
     def batch_fn(data, step, key):
         if full_batch:
             return data["x_train"], data["y_train"]
-        del key
         perm = jax.random.permutation(jax.random.fold_in(
             jax.random.wrap_key_data(data["shuffle_key"]), step // spe), n_train)
         idx = jax.lax.dynamic_slice_in_dim(perm, (step % spe) * bs, bs)
@@ -274,67 +288,127 @@ def build_program(config, data=None, name: str | None = None) -> Program:
     def val_batch_fn(data, step, key):
         if val_bs == n_val:
             return data["x_val"], data["y_val"]
-        del step
         idx = jax.random.choice(key, n_val, (val_bs,), replace=False)
         return data["x_val"][idx], data["y_val"][idx]
 
-    update = make_update(loss_fn, optimizer)
-    step = make_step(update, batch_fn)
+    def evaluate(params, model_state, data, splits):
+        out = {}
+        for split in splits:
+            x, y = data[f"x_{split}"], data[f"y_{split}"]
+            if regression:
+                out[f"{split}_loss"] = loss_on(params, (x, y))
+            else:
+                ev = classify_lib.evaluate_split(predict, params, x, y,
+                                                 min(config.eval_batch_size, len(y)))
+                out[f"{split}_loss"], out[f"{split}_accuracy"] = ev["loss"], ev["accuracy"]
+        if regression and "test" in splits:
+            out["unnormalised_test_loss"] = out["test_loss"] * data["y_std"] ** 2
+        return out
+
+    keys = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test") + (
+        ("y_std",) if regression else ())
+    sample = jnp.asarray(data["x_train"][:1])
+    return dict(
+        model=model, init=lambda key: (model.init(key, sample), {}),
+        loss=lambda p, ms, b, k, v: (loss_on(p, b), {}), val_loss=lambda p, ms, b: loss_on(p, b),
+        batch_fn=batch_fn, val_batch_fn=val_batch_fn, evaluate=evaluate,
+        chunk_splits=("train", "val", "test") if regression else ("val", "test"),
+        shared={k: jnp.asarray(data[k]) for k in keys})
+
+
+def _language_task(config, data) -> dict:
+    """Penn Treebank: the 2-layer LSTM (``irmx.nets.lstm``), BPTT batches of ``data.seq_len``
+    time rows over ``data.parallel_sequences`` streams with the hidden state carried (model
+    state) and reset each epoch; the hypergradient's validation batch is a random BPTT batch of
+    the validation stream from a zero state; full evaluations pass the state along the whole
+    split (``evaluate_lm``)."""
+    m = config.model
+    model = lstm_lib.LSTMLanguageModel(data["num_tokens"], m.embed_size, m.hidden_size,
+                                       m.num_layers)
+    seq = config.data.seq_len
+    loss = lstm_lib.make_lm_loss(model)
+    batch_fn = lstm_lib.make_lm_batch_fn(data["x_train"], seq)
+    n_val = ptb_lib.num_bptt_batches(data["x_val"].shape[0], seq)
+    carry0 = model.initial_carry(data["x_train"].shape[1])
+
+    def batch(data, step, key):
+        return batch_fn(data["x_train"], step, key)
+
+    def val_batch_fn(data, step, key):
+        index = jax.random.randint(key, (), 0, n_val)
+        return ptb_lib.bptt_batch(data["x_val"], index, seq)
+
+    def val_loss(params, model_state, b):
+        inputs, targets = b
+        value, _ = loss(params, {"carry": carry0}, (inputs, targets, jnp.array(True)), None, None)
+        return value
+
+    def evaluate(params, model_state, data, splits):
+        out = {}
+        for split in splits:
+            value, ppl = lstm_lib.evaluate_lm(model, params, data[f"x_{split}"], seq)
+            out[f"{split}_loss"], out[f"{split}_perplexity"] = value, ppl
+        return out
+
+    def init(key):
+        tokens = jnp.zeros((seq, data["x_train"].shape[1]), jnp.int32)
+        return model.init(key, tokens, carry0)["params"], {"carry": carry0}
+
+    return dict(
+        model=model, init=init, loss=loss, val_loss=val_loss, batch_fn=batch,
+        val_batch_fn=val_batch_fn, evaluate=evaluate, chunk_splits=("val",),
+        shared={k: jnp.asarray(data[k]) for k in ("x_train", "x_val", "x_test")})
+
+
+def build_program(config, data=None, name: str | None = None) -> Program:
+    """Validate, load the shared split, close over it: pure learner-vmapped training of
+    ``config.algorithm`` over the axis of ``config``."""
+    validate(config)
+    data = load_data(config) if data is None else data
+    a = config.algorithm
+    axis = axis_from_config(config)
+    task = (_language_task if is_language(config) else _supervised_task)(config, data)
+    optimizer = rule.make_rule(config.clip_norm)
+    hyper_opt = _hyper_optimizer(config)
+    total = num_steps(config)
+    per_chunk = hypers_per_chunk(config)
+    update = make_update(task["loss"], optimizer)
+    step = make_step(update, task["batch_fn"])
     core = algorithms.make_chunk(
-        a.kind, step=step, update=update, batch_fn=batch_fn, val_batch_fn=val_batch_fn,
-        val_loss=lambda p, ms, b: loss_on(p, b),
-        train_loss=lambda p, ms, b, k, v: loss_fn(p, ms, b, k, v)[0],
+        a.kind, step=step, update=update, batch_fn=task["batch_fn"],
+        val_batch_fn=task["val_batch_fn"], val_loss=task["val_loss"],
+        train_loss=lambda p, ms, b, k, v: task["loss"](p, ms, b, k, v)[0],
         interval=a.interval, num_steps=total, optimised=tuple(a.optimised),
         hyper_optimizer=hyper_opt, neumann_terms=a.neumann_terms, lookback=a.lookback,
         lr_clip=tuple(a.lr_clip), reset=a.reset)
 
-    def full_loss(params, x, y):
-        if regression:
-            return {"loss": loss_on(params, (x, y))}
-        ev = classify_lib.evaluate_split(lambda p, xb: predict(p, xb), params, x, y,
-                                         min(config.eval_batch_size, len(y)))
-        return ev
-
     def evaluate_one(state, data, splits=("train", "val", "test")):
-        out = {}
-        for split in splits:
-            ev = full_loss(state.params, data[f"x_{split}"], data[f"y_{split}"])
-            out[f"{split}_loss"] = ev["loss"]
-            if "accuracy" in ev:
-                out[f"{split}_accuracy"] = ev["accuracy"]
-        if regression:
-            out["unnormalised_test_loss"] = out["test_loss"] * data["y_std"] ** 2
+        out = task["evaluate"](state.params, state.model_state, data, splits)
         hp = rule.natural(state.values)
         out.update(rule.summarize_lr(state.values["lr"]))
         out.update(weight_decay=hp["weight_decay"], momentum=hp["momentum"])
         return out
-
-    chunk_splits = ("train", "val", "test") if regression else ("val", "test")
 
     def chunk_one(state, data):
         chunk_one.num_traces += 1
         state, metrics = jax.lax.scan(lambda s, _: core(s, data), state, None,
                                       length=per_chunk)
         metrics = jax.tree.map(lambda m: m[-1], metrics)
-        metrics.update(evaluate_one(state, data, chunk_splits))
+        metrics.update(evaluate_one(state, data, task["chunk_splits"]))
         return state, metrics
 
     chunk_one.num_traces = 0
 
-    sample_x = jnp.asarray(data["x_train"][:1])
-
     def init_one(coords):
-        params = model.init(learner_stream(coords, "init"), sample_x)
+        params, model_state = task["init"](learner_stream(coords, "init"))
         values = initial_values(config, coords, params)
         outer = algorithms.init_outer(a.kind, values, tuple(a.optimised), hyper_opt, params,
-                                      reset=a.reset)
+                                      model_state, reset=a.reset)
         state = init_state(params, optimizer, learner_stream(coords, "step"), values,
-                           outer=outer)
+                           model_state, outer=outer)
         return state, {"shuffle_key": jax.random.key_data(learner_stream(coords, "shuffle"))}
 
-    shared_keys = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test") + (
-        ("y_std",) if regression else ())
-    shared = {k: jnp.asarray(data[k]) for k in shared_keys}
+    shared = task["shared"]
     axes = (0, {"shuffle_key": 0, **{k: None for k in shared}})
     group = config.get("learners_per_group", 0)
     every = config.checkpoint_every * a.interval * per_chunk
@@ -348,7 +422,7 @@ def build_program(config, data=None, name: str | None = None) -> Program:
         num_steps=total,
         chunk_steps=a.interval * per_chunk,
         checkpoint_every=every if every and every < total else 0,
-        model=model,
+        model=task["model"],
         trace_counter=chunk_one,
         progress_metrics=("loss", "val_loss", "lr"),
         report=format_summary,
@@ -361,7 +435,9 @@ def build_program(config, data=None, name: str | None = None) -> Program:
 
 def result_metric(config) -> str:
     """The final test metric of the paper's tables: UCI ``Unnormalised_Loss/Test``, images
-    ``Loss/Test``."""
+    ``Loss/Test``, Penn Treebank the test perplexity."""
+    if is_language(config):
+        return "test_perplexity"
     return "unnormalised_test_loss" if is_regression(config) else "test_loss"
 
 
@@ -629,6 +705,8 @@ def unused_keys(config) -> dict:
     unused = {}
     if config.data.name in REGRESSION:
         unused["data.num_train"] = "regression sets use every train+val row"
+    elif is_language(config):
+        unused["data.source"] = "data.name='penn_treebank'"
     else:
         unused["data.source"] = f"data.name={config.data.name!r} (an image set)"
     if config.algorithm.kind != "neumann":
