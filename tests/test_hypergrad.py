@@ -267,7 +267,7 @@ def test_vmapped_initialisations_equal_single_runs(tmp_path):
     rows = program.axis.rows
     for i in (0, 2):
         single = uci_config("ours_hdlr_momentum,smoke", num_inits=0)
-        for n in ("lr", "weight_decay", "momentum"):
+        for n in ("initial_lr", "initial_weight_decay", "initial_momentum"):
             single.sampled[n] = ()
             single.zipped[n] = (rows[i][n],)
         p1 = hypergrad.build_program(single)
@@ -280,7 +280,7 @@ def test_vmapped_initialisations_equal_single_runs(tmp_path):
             np.testing.assert_allclose(np.asarray(x)[0], np.asarray(y)[i], atol=2e-5)
     # the hyperparameters moved: the hypergradient steps did something
     assert not np.allclose(np.asarray(state.values["weight_decay"]),
-                           np.log10([rows[i]["weight_decay"] for i in range(3)]))
+                           np.log10([rows[i]["initial_weight_decay"] for i in range(3)]))
 
 
 def test_resume_after_interruption_ends_where_an_uninterrupted_run_ends(tmp_path):
@@ -322,7 +322,7 @@ def test_compare_smoke_runs_every_algorithm_on_the_same_initialisations(tmp_path
     ({"algorithm.neumann_terms": 0}, "algorithm.neumann_terms"),
     ({"algorithm.interval": 0}, "algorithm.interval"),
     ({"algorithm.kind": "nope"}, "algorithm.kind"),
-    ({"sampled.lr": (0.1, 1e-6, "log"), "num_inits": 3}, "sampled.lr"),
+    ({"sampled.initial_lr": (0.1, 1e-6, "log"), "num_inits": 3}, "sampled.initial_lr"),
     ({"algorithm.optimised": ("lr", "beta")}, "algorithm.optimised"),
     ({"bayesopt.bounds.momentum": (0.0, 1.0)}, "bayesopt.bounds.momentum"),
 ])
@@ -397,3 +397,33 @@ def test_penn_treebank_language_model_trains_from_ptb_files(tmp_path):
     assert not row["diverged"] and np.isfinite(row["test_perplexity"])
     assert row["test_perplexity"] < 13  # 11 words + <eos>: uniform guessing is 12
     assert row["lr"] != pytest.approx(10 ** -1.35, rel=1e-3)
+
+
+def test_bayesopt_asks_batches_and_resumes_without_asking_twice(tmp_path):
+    """Rounds of (init_points, then batches): every repeat's points of a round are one
+    program; the result per repeat is the test loss of its best-validation point; a search
+    that lost its last round (killed) retrains exactly the stored points and ends the same."""
+    import shutil
+
+    config = uci_config("bayesopt,smoke", **{"bayesopt.repeats": 2})
+    d = str(tmp_path / "bo")
+    first = hypergrad.run(config, d, progress=False)
+    assert first["evaluations"] == 2 * (2 + 2)
+    points = wd.read_json(os.path.join(d, "points.json"))["rounds"]
+    assert [len(r) for r in points] == [2, 2] and [len(p) for p in points[0]] == [2, 2]
+    rounds = [wd.read_json(os.path.join(d, f"round_{k:02d}", "summary.json")) for k in (0, 1)]
+    assert all(s["num_learners"] == 4 for s in rounds)  # 2 repeats x 2 points, one program
+    for r, best in enumerate(first["best_points"]):
+        mine = [row for s in rounds for row in s["learners"] if row["bo_repeat"] == r]
+        chosen = min(mine, key=lambda row: row["val_loss"])
+        assert chosen["val_loss"] == best["val_loss"]
+        assert first["final_losses"][r] == chosen["unnormalised_test_loss"]
+        lows, highs = zip(*[config.bayesopt.bounds[n] for n in ("lr", "weight_decay")])
+        for row in mine:  # the points asked lie in the reference's bounds (log10 lr, wd)
+            assert lows[0] <= np.log10(row["initial_lr"]) <= highs[0]
+            assert lows[1] <= np.log10(row["initial_weight_decay"]) <= highs[1]
+    shutil.rmtree(os.path.join(d, "round_01"))
+    os.remove(os.path.join(d, "summary.json"))
+    again = hypergrad.run(config, d, progress=False)
+    assert again["final_losses"] == first["final_losses"]
+    assert wd.read_json(os.path.join(d, "points.json"))["rounds"] == points

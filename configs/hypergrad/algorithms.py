@@ -126,14 +126,14 @@ def common(c: ml_collections.ConfigDict) -> None:
     c.seed = 0  # root seed: network init, batches (the step stream)
     c.num_seeds = 1
     c.seeds = ()
-    learner_axis_fields(c, ALL)
+    learner_axis_fields(c, [f"initial_{n}" for n in ALL])
     c.zipped.bo_repeat = ()  # set by BayesOpt's rounds
     # the paper's natural_sgd_generator ranges; num_inits draws (0: one learner at config.init)
     c.num_inits = ml_collections.FieldReference(0)
     c.sampled.num = c.get_ref("num_inits")
-    c.sampled.lr = (1e-6, 1e-1, "log")
-    c.sampled.weight_decay = (1e-7, 1e-2, "log")
-    c.sampled.momentum = (0.0, 1.0)
+    c.sampled.initial_lr = (1e-6, 1e-1, "log")
+    c.sampled.initial_weight_decay = (1e-7, 1e-2, "log")
+    c.sampled.initial_momentum = (0.0, 1.0)
     # initial hyperparameters of a learner that is not sampled (the configs' raw -3, -16, 0.5)
     c.init = ml_collections.ConfigDict({"lr": 1e-3, "weight_decay": 1e-16,
                                         "momentum": 0.6224593312018546})

@@ -46,8 +46,11 @@ CLASSIFICATION = images_lib.DATASETS
 LANGUAGE = ("penn_treebank",)
 DATASETS = REGRESSION + CLASSIFICATION + LANGUAGE
 # (low, high, low_open) of each value a learner may vary (vmapped / zipped / sampled; natural)
-AXIS_RANGES = {"lr": (0.0, math.inf, True), "weight_decay": (0.0, math.inf, True),
-               "momentum": (0.0, 1.0, False), "bo_repeat": (0.0, math.inf, False)}
+# (coordinates ``initial_<name>``: the final and logged metrics lr / weight_decay / momentum are
+# the current values, and a coordinate may not share a metric's name)
+AXIS_RANGES = {"initial_lr": (0.0, math.inf, True),
+               "initial_weight_decay": (0.0, math.inf, True),
+               "initial_momentum": (0.0, 1.0, False), "bo_repeat": (0.0, math.inf, False)}
 HYPER_OPTIMIZERS = ("adam", "sgd")
 SEARCHES = ("", "bayesopt")
 MOMENTUM_EPS = 1e-6  # natural momentum kept in [eps, 1 - eps]: finite logit (reference bayesopt)
@@ -240,8 +243,8 @@ def load_data(config) -> dict:
 
 def initial_values(config, coords, params) -> dict:
     """Raw values of one learner: natural lr / weight_decay / momentum from its coordinates
-    (else ``config.init``), through ``rule.raw_values`` (log10, log10, logit)."""
-    get = lambda n: coords[n] if n in coords else getattr(config.init, n)
+    ``initial_<name>`` (else ``config.init``), through ``rule.raw_values`` (log10, log10, logit)."""
+    get = lambda n: coords[f"initial_{n}"] if f"initial_{n}" in coords else config.init[n]
     mom = jnp.clip(get("momentum"), MOMENTUM_EPS, 1 - MOMENTUM_EPS)
     return rule.raw_values(get("lr"), get("weight_decay"), mom, params,
                            per_parameter_lr=config.algorithm.per_parameter_lr)
@@ -650,11 +653,13 @@ def run_bayesopt(config, workdir: str, progress: bool = True, quiet: bool = Fals
         evaluated = []  # (repeat, raw point, val loss, test loss)
         w.set_status("running", 0, rounds=len(bayesopt_rounds(config)))
         for k, size in enumerate(bayesopt_rounds(config)):
+            # asked again on a resumed search too, so each optimizer's random state and liar
+            # bookkeeping advance exactly as in an uninterrupted one; the stored points win
+            points = [[{n: float(v) for n, v in opt.suggest().items()}
+                       for _ in range(size)] for opt in optimizers]
             if k < len(stored["rounds"]):
                 points = stored["rounds"][k]
             else:
-                points = [[{n: float(v) for n, v in opt.suggest().items()}
-                           for _ in range(size)] for opt in optimizers]
                 stored["rounds"].append(points)
                 wd.write_json_atomic(points_path, stored)
             sub = ml_collections.ConfigDict(config.to_dict())
@@ -662,13 +667,13 @@ def run_bayesopt(config, workdir: str, progress: bool = True, quiet: bool = Fals
             sub.num_inits = 0
             sub.sampled.num = 0
             for n in rule.NAMES:
-                sub.sampled[n] = ()
-                sub.vmapped[n] = ()
+                sub.sampled[f"initial_{n}"] = ()
+                sub.vmapped[f"initial_{n}"] = ()
             flat = [(r, p) for r, pts in enumerate(points) for p in pts]
             sub.zipped.bo_repeat = tuple(float(r) for r, _ in flat)
-            sub.zipped.lr = tuple(10.0 ** p["lr"] for _, p in flat)
-            sub.zipped.weight_decay = tuple(10.0 ** p["weight_decay"] for _, p in flat)
-            sub.zipped.momentum = tuple(p["momentum"] for _, p in flat)
+            sub.zipped.initial_lr = tuple(10.0 ** p["lr"] for _, p in flat)
+            sub.zipped.initial_weight_decay = tuple(10.0 ** p["weight_decay"] for _, p in flat)
+            sub.zipped.initial_momentum = tuple(p["momentum"] for _, p in flat)
             sub.num_seeds, sub.seeds = 1, ()
             summary = run_program(program_for(sub, data, f"bayesopt_round_{k}"), sub.to_dict(),
                                   w.file(f"round_{k:02d}"), progress)

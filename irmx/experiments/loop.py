@@ -127,7 +127,21 @@ class Progress:
             self._bar = None
 
 
+RESERVED = ("step", "learner", "learner_id", "cohort")
+
+
+def check_metric_names(axis: LearnerAxis, names, where: str) -> None:
+    """A metric may not share a name with a learner coordinate (or a row's bookkeeping keys):
+    in metrics.jsonl and summary.json it would overwrite the coordinate."""
+    clash = sorted(set(names) & (set(axis.names) | set(RESERVED)))
+    if clash:
+        raise ValueError(f"{where} metrics {clash} have the names of learner coordinates or "
+                         f"row keys ({', '.join(axis.names)}); rename the metric or the "
+                         "coordinate")
+
+
 def _rows(axis: LearnerAxis, indices, ids, cohort: str, step: int, metrics_n: dict) -> list:
+    check_metric_names(axis, metrics_n, "chunk")
     metrics_n = {k: np.asarray(v) for k, v in metrics_n.items()}
     all_rows = axis.rows
     rows = []
@@ -269,6 +283,7 @@ def run_program(program: Program, config_dict: dict, workdir: str, progress: boo
                 state, data = out
                 step = program.num_steps
                 final = jax.device_get(program.evaluate(state, data))
+                check_metric_names(axis, final, "final")
                 diverged = (np.asarray(jax.device_get(state.diverged)) if program.chunk
                             else np.zeros(len(todo), bool))
                 for j, i in enumerate(todo):
