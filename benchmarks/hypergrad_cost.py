@@ -65,8 +65,7 @@ import numpy as np
 from irmx.configs.hypergrad import uci
 from irmx.experiments import hypergrad as hg
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from learner_groups import now  # noqa: E402  (the benchmarks' shared timing helper)
+from learner_groups import now  # the benchmarks' shared timing helper (script dir on sys.path)
 
 try:
     import torch
