@@ -56,16 +56,14 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 
 import jax
 import numpy as np
+from learner_groups import now  # the benchmarks' shared timing helper (script dir on sys.path)
 
 from irmx.configs.hypergrad import uci
 from irmx.experiments import hypergrad as hg
-
-from learner_groups import now  # the benchmarks' shared timing helper (script dir on sys.path)
 
 try:
     import torch
