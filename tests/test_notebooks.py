@@ -94,3 +94,19 @@ def test_measures_notebook():
     workdirs = [line.split(":", 1)[1].strip() for line in text.splitlines()
                 if line.startswith("workdir:")]
     assert len(workdirs) == 1 and not os.path.exists(workdirs[0]), "temp dir not cleaned up"
+
+
+@pytest.mark.slow
+def test_hypergrad_notebook():
+    code_cells, images = _run_checked("hypergrad.ipynb")
+    text = "".join(_text(c) for c in code_cells)
+    assert "closed form" in text and "Neumann, K = 3000" in text
+    tables = [c for c in code_cells if "compare-table" in c.metadata.get("tags", [])]
+    assert len(tables) == 1
+    for name in ("random_3batched", "bayesopt", "lorraine", "baydin", "ours_hdlr_momentum",
+                 "diff_through_opt"):
+        assert name in _text(tables[0]), name
+    assert len(images) >= 3, "the Neumann, trajectory and compare plots were not displayed"
+    workdirs = [line.split(":", 1)[1].strip() for line in text.splitlines()
+                if line.startswith("workdir:")]
+    assert len(workdirs) == 1 and not os.path.exists(workdirs[0]), "temp dir not cleaned up"
