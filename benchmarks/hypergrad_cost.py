@@ -76,7 +76,7 @@ def parse_args(argv=None):
     p.add_argument("--inits", type=int, default=20, help="learners of part 1 (ours vs plain)")
     p.add_argument("--repeats", type=int, default=3, help="warm runs per program in part 1")
     p.add_argument("--num_learners", type=int, default=200, help="initialisations of part 2")
-    p.add_argument("--group_sizes", default="0,5,10",
+    p.add_argument("--group_sizes", default="0,10,20,40",
                    help="learners_per_group values of part 2 (0: one vmap of all)")
     p.add_argument("--subset", type=int, default=20,
                    help="runs the torch and jitted loops time (scaled to --num_learners)")

@@ -25,6 +25,14 @@ def _figures_module():
     return module
 
 
+@pytest.fixture(params=["json", "arrow"])
+def use_arrow(request):
+    """Both metrics.jsonl parsers of read_scalars: ``json`` row by row and pyarrow's reader."""
+    if request.param == "arrow":
+        pytest.importorskip("pyarrow")
+    return request.param == "arrow"
+
+
 def _write_rows(path, rows, torn_tail=""):
     with open(path, "w") as f:
         for r in rows:
@@ -32,7 +40,7 @@ def _write_rows(path, rows, torn_tail=""):
         f.write(torn_tail)
 
 
-def test_read_scalars_hand_written_metrics(tmp_path):
+def test_read_scalars_hand_written_metrics(tmp_path, use_arrow):
     rows = [
         {"step": 10, "learner": 1, "learner_id": "b", "cohort": "c0", "seed": 1, "lr": 0.2,
          "loss": 3.0, "diverged": False, "lr_quantiles": [1.0, 2.0, 3.0]},
@@ -58,7 +66,7 @@ def test_read_scalars_hand_written_metrics(tmp_path):
     wd.write_json_atomic(str(tmp_path / "learners" / "b.json"),
                          {"learner_id": "b", "coords": {"seed": 1, "lr": 0.3},
                           "metrics": {"lr": 0.25, "loss": np.nan}})
-    s = read_scalars(str(tmp_path))
+    s = read_scalars(str(tmp_path), use_arrow=use_arrow)
     nan = np.nan
     np.testing.assert_array_equal(s["step"], [10, 20, 30])
     assert s["step"].dtype.kind == "i"
@@ -81,17 +89,17 @@ def test_read_scalars_hand_written_metrics(tmp_path):
     assert "step" not in s["coords"]
 
 
-def test_read_scalars_without_ids_or_store(tmp_path):
+def test_read_scalars_without_ids_or_store(tmp_path, use_arrow):
     rows = [{"step": 5, "learner": i, "loss": float(i + step)} for step in (5, 10)
             for i in range(3)]
     for r, step in zip(rows, (5, 5, 5, 10, 10, 10)):
         r["step"] = step
     _write_rows(tmp_path / "metrics.jsonl", rows)
-    s = read_scalars(str(tmp_path))
+    s = read_scalars(str(tmp_path), use_arrow=use_arrow)
     np.testing.assert_array_equal(s["learner"], [0, 1, 2])
     np.testing.assert_array_equal(s["loss"], [[5.0, 10.0], [6.0, 11.0], [7.0, 12.0]])
     assert s["coords"] == {}
-    assert read_scalars(str(tmp_path / "nothing"))["step"].shape == (0,)
+    assert read_scalars(str(tmp_path / "nothing"), use_arrow=use_arrow)["step"].shape == (0,)
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +111,8 @@ def ours_lr_dir(tmp_path_factory):
     return path
 
 
-def test_read_scalars_of_a_run_matches_its_metrics_and_summary(ours_lr_dir):
-    s = read_scalars(ours_lr_dir)
+def test_read_scalars_of_a_run_matches_its_metrics_and_summary(ours_lr_dir, use_arrow):
+    s = read_scalars(ours_lr_dir, use_arrow=use_arrow)
     rows = wd.read_metrics(os.path.join(ours_lr_dir, "metrics.jsonl"))
     summary = wd.read_json(os.path.join(ours_lr_dir, "summary.json"))
     n = summary["num_learners"]
@@ -134,6 +142,41 @@ def test_read_scalars_of_a_run_matches_its_metrics_and_summary(ours_lr_dir):
     # the last logged lr is the final one of the summary
     np.testing.assert_allclose(s["lr"][:, -1], [r["lr"] for r in summary["learners"]],
                                rtol=1e-6)
+
+
+def test_metrics_rows_hold_float32_values_as_shortest_decimals(ours_lr_dir):
+    """The runner writes a float32 metric as its shortest round-tripping decimal (half the
+    text of the float64 repr), and reading it back gives the float32 value exactly."""
+    with open(os.path.join(ours_lr_dir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    axis = wd.read_json(os.path.join(ours_lr_dir, "summary.json"))["axis"]  # float64 draws
+    values = [v for r in rows for k, v in r.items() if isinstance(v, float) and k not in axis]
+    values += [x for r in rows for x in (r.get("lr_quantiles") or []) if x is not None]
+    assert len(values) > 100
+    for v in values:
+        assert repr(v) == str(np.float32(v)), v
+    raw = np.random.default_rng(0).standard_normal(10_000).astype(np.float32) * np.float32(1e-7)
+    back = np.array(json.loads(json.dumps(wd.shortest_decimals(raw).tolist())), np.float32)
+    np.testing.assert_array_equal(back, raw)
+    assert wd.shortest_decimals(np.array([0.1])).tolist() == [0.1]  # float64 kept
+
+
+def test_read_scalars_parsers_agree_on_a_compare_workdir(compare_dir):
+    pytest.importorskip("pyarrow")
+    subs = [d for d in sorted(os.listdir(compare_dir))
+            if os.path.exists(os.path.join(compare_dir, d, "metrics.jsonl"))]
+    assert "ours_hdlr_momentum" in subs and len(subs) >= 4
+    for sub in subs:
+        a = read_scalars(os.path.join(compare_dir, sub), use_arrow=True)
+        b = read_scalars(os.path.join(compare_dir, sub), use_arrow=False)
+        assert a.keys() == b.keys() and "val_loss" in a, sub
+        assert ("lr_quantiles" in a) == (sub == "ours_hdlr_momentum"), sub
+        for k in a:
+            if k == "coords":
+                assert a[k].keys() == b[k].keys()
+                continue
+            assert a[k].dtype == b[k].dtype, (sub, k)
+            np.testing.assert_array_equal(a[k], b[k], err_msg=f"{sub} {k}")
 
 
 @pytest.fixture(scope="module")

@@ -142,7 +142,7 @@ def check_metric_names(axis: LearnerAxis, names, where: str) -> None:
 
 def _rows(axis: LearnerAxis, indices, ids, cohort: str, step: int, metrics_n: dict) -> list:
     check_metric_names(axis, metrics_n, "chunk")
-    metrics_n = {k: np.asarray(v) for k, v in metrics_n.items()}
+    metrics_n = {k: wd.shortest_decimals(np.asarray(v)) for k, v in metrics_n.items()}
     all_rows = axis.rows
     rows = []
     for j, i in enumerate(indices):

@@ -20,6 +20,11 @@ the learner. Learners are told apart by ``learner_id`` (their ``learner`` index 
 no id); a resumed run that wrote a (learner, step) twice keeps the last row. Booleans
 (``diverged``, ``hyper_skipped``) are 0.0 / 1.0; null (non-finite) values are NaN. A torn last
 line of a killed run is skipped.
+
+The file is parsed by pyarrow's JSON reader (a multi-threaded C++ parser; the json module row by
+row where pyarrow cannot read a file, or with ``use_arrow=False``; both give the same arrays).
+``benchmarks/read_scalars.py``: 200 learners x 400 logged steps (80,000 rows, 63 MB) in 0.36 s
+with pyarrow, 1.9 s with json, on 2 CPU cores.
 """
 
 import gc
@@ -50,6 +55,76 @@ def _parse(path: str) -> list[dict]:
                 continue
     return [r for r in rows if isinstance(r, dict)] if rows and not all(
         isinstance(r, dict) for r in rows) else rows
+
+
+def _columns_from_rows(rows: list[dict]) -> tuple[int, dict]:
+    """(number of rows, {name: list of values, None where a row lacks it}), names in the order
+    they first appear."""
+    names = dict.fromkeys(k for schema in dict.fromkeys(map(tuple, rows)) for k in schema)
+    return len(rows), {n: list(map(dict.get, rows, repeat(n))) for n in names}
+
+
+def _arrow_column(col):
+    """One pyarrow column -> a list (the row keys, strings, odd types) or a float64 / bool
+    numpy array (NaN for null) or an (n, K) float64 array for equal-length number lists."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    t = col.type
+    number = lambda u: pa.types.is_integer(u) or pa.types.is_floating(u)
+    if col.null_count == 0 and (pa.types.is_boolean(t) or pa.types.is_integer(t)):
+        return col.to_numpy()
+    if number(t) or pa.types.is_boolean(t):
+        return pc.cast(col, pa.float64()).to_numpy()  # nulls become NaN
+    if pa.types.is_list(t) and number(t.value_type) and col.null_count == 0:
+        lengths = pc.list_value_length(col).to_numpy()
+        if len(lengths) and np.all(lengths == lengths[0]):
+            flat = pc.cast(pc.list_flatten(col), pa.float64()).to_numpy()
+            return flat.reshape(len(col), int(lengths[0]))
+    return col.to_pylist()
+
+
+def _columns_from_arrow(path: str):
+    """(number of rows, columns) through pyarrow's JSON reader (a multi-threaded C++ parser, about
+    5x ``json`` here), the text up to the last newline (a torn last line is left out). None when
+    pyarrow is missing or cannot read the file."""
+    try:
+        import pyarrow as pa
+        import pyarrow.json as pa_json
+    except ImportError:
+        return None
+    with open(path, "rb") as f:
+        text = f.read()
+    text = text[:text.rfind(b"\n") + 1]
+    if not text.strip():
+        return 0, {}
+    try:
+        table = pa_json.read_json(pa.BufferReader(text))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None  # a line that is not an object, mixed types: the json reader decides
+    columns = {}
+    for name in table.column_names:
+        col = table.column(name)
+        columns[name] = col.to_pylist() if name in ROW_KEYS else _arrow_column(col)
+    return table.num_rows, columns
+
+
+def _read_columns(path: str, use_arrow: bool | None = None) -> tuple[int, dict]:
+    """metrics.jsonl as columns: pyarrow when it is installed (``use_arrow`` None) and reads the
+    file, else ``json`` row by row."""
+    if not os.path.exists(path):
+        return 0, {}
+    if use_arrow is not False:
+        out = _columns_from_arrow(path)
+        if out is not None:
+            return out
+        if use_arrow:
+            raise ImportError("pyarrow could not read " + path)
+    return _columns_from_rows(_parse(path))
+
+
+def _take(col, idx: np.ndarray):
+    return col[idx] if isinstance(col, np.ndarray) else [col[j] for j in idx]
 
 
 def _keep_last(learner_idx: np.ndarray, step_idx: np.ndarray, num_steps: int) -> np.ndarray:
@@ -126,26 +201,28 @@ def _coords(workdir: str, ids: list, first_rows: list) -> tuple[dict, set]:
     return out, stored_metrics
 
 
-def read_scalars(workdir: str) -> dict:
+def read_scalars(workdir: str, use_arrow: bool | None = None) -> dict:
     """Every logged scalar of ``workdir`` (module docstring): ``step`` (S,), ``learner`` (N,),
-    ``learner_id`` (N,), each metric (N, S) or (N, S, K), ``coords`` and the coordinates."""
+    ``learner_id`` (N,), each metric (N, S) or (N, S, K), ``coords`` and the coordinates.
+    ``use_arrow``: None = pyarrow's parser when installed, True = require it, False = ``json``
+    (both give the same arrays)."""
     enabled = gc.isenabled()
     gc.disable()  # the rows are acyclic: collections while they are built only cost time
     try:
-        return _read_scalars(workdir)
+        return _read_scalars(workdir, use_arrow)
     finally:
         if enabled:
             gc.enable()
 
 
-def _read_scalars(workdir: str) -> dict:
-    rows = _parse(os.path.join(workdir, "metrics.jsonl"))
-    if not rows:
+def _read_scalars(workdir: str, use_arrow: bool | None) -> dict:
+    n_rows, cols = _read_columns(os.path.join(workdir, "metrics.jsonl"), use_arrow)
+    if not n_rows:
         return {"step": np.zeros(0, np.int64), "learner": np.zeros(0, np.int64),
                 "learner_id": np.zeros(0, str), "coords": {}}
-    column = lambda name: list(map(dict.get, rows, repeat(name)))  # None where absent
-    index_col = column("learner")
-    keys = column("learner_id") if "learner_id" in rows[0] else index_col
+    none = [None] * n_rows
+    index_col = cols.get("learner", none)
+    keys = cols["learner_id"] if cols.get("learner_id", none)[0] is not None else index_col
     if None in keys:  # rows without an id: told apart by their index
         keys = [k if k is not None else i for k, i in zip(keys, index_col)]
     latest_index = dict(zip(keys, index_col))  # the last row's learner index wins
@@ -153,33 +230,34 @@ def _read_scalars(workdir: str) -> dict:
     ids = sorted(latest_index, key=lambda k: (_int(latest_index[k]), first_row[k]))
     position = {k: i for i, k in enumerate(ids)}
     learner_idx = np.fromiter(map(position.__getitem__, keys), np.int64, len(keys))
-    steps, step_idx = np.unique(np.array(column("step"), np.int64), return_inverse=True)
-    first_rows = [rows[first_row[k]] for k in ids]
+    steps, step_idx = np.unique(np.array(cols["step"], np.int64), return_inverse=True)
+    first_rows = [{n: c[first_row[k]] for n, c in cols.items()} for k in ids]
     keep = _keep_last(learner_idx, step_idx, len(steps))
-    if len(keep) < len(rows):
-        rows = [rows[j] for j in keep]
+    if len(keep) < n_rows:
+        cols = {n: _take(c, keep) for n, c in cols.items()}
         learner_idx, step_idx = learner_idx[keep], step_idx[keep]
+        n_rows = len(keep)
     n, s = len(ids), len(steps)
     has_id = all(isinstance(k, str) for k in ids)
     coords, stored_metrics = _coords(workdir, ids, first_rows) if has_id else ({}, set())
 
     out = {"step": steps, "learner": np.array([_int(latest_index[k]) for k in ids], np.int64),
            "learner_id": np.array([str(k) for k in ids])}
-    if "cohort" in rows[0]:  # a learner's cohort: the one of its last row
-        cohort = dict(zip(map(ids.__getitem__, learner_idx), column("cohort")))
+    if cols.get("cohort", none)[0] is not None:  # a learner's cohort: the one of its last row
+        cohort = dict(zip(map(ids.__getitem__, learner_idx), cols["cohort"]))
         out["cohort"] = np.array([str(cohort.get(k)) for k in ids])
-    schemas = dict.fromkeys(map(tuple, rows))  # the distinct key sequences (one, mostly)
-    for name in dict.fromkeys(k for schema in schemas for k in schema):
+    for name, col in cols.items():
         if name in ROW_KEYS:
             continue
-        col = column(name)
-        vec = None
-        try:
-            values = np.array(col, dtype=np.float64)
-        except (TypeError, ValueError):  # lists with a None among them, ragged, strings
-            vec = _vector_column(col, len(col)) if any(isinstance(v, list) for v in col) \
-                else None
-            values = vec if vec is not None else _float_column(col)
+        if isinstance(col, np.ndarray):
+            values = col.astype(np.float64)
+        else:
+            try:
+                values = np.array(col, dtype=np.float64)
+            except (TypeError, ValueError):  # lists with a None among them, ragged, strings
+                vec = _vector_column(col, len(col)) if any(isinstance(v, list) for v in col) \
+                    else None
+                values = vec if vec is not None else _float_column(col)
         arr = np.full((n, s) + values.shape[1:], np.nan)
         arr[learner_idx, step_idx] = values
         if name in coords and not _is_metric(name, arr, coords[name], stored_metrics):

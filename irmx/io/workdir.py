@@ -53,6 +53,16 @@ def to_json(obj):
     return obj
 
 
+def shortest_decimals(values: np.ndarray) -> np.ndarray:
+    """float32 (and float16) values as the float64 of their shortest round-tripping decimal
+    (``float32(result) == values`` exactly, NaN and inf kept): their JSON text is
+    "0.0011033721", not the float64 "0.0011033720802515745", so metrics.jsonl is about half as
+    long and reads about twice as fast. Other dtypes are returned as they are."""
+    if values.dtype in (np.float32, np.float16):
+        return values.astype(str).astype(np.float64)
+    return values
+
+
 def write_atomic(path: str, write) -> None:
     """``write(f)`` into a temp file next to ``path``, then an atomic rename onto ``path``.
 
