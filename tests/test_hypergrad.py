@@ -144,46 +144,52 @@ def _exact_setup(interval, lookback, per_parameter_lr=False):
     return data, update, step, val_loss, params, values
 
 
-def test_diff_through_opt_equals_central_finite_difference():
+@pytest.mark.parametrize("interval,lookback,remat_block", [
+    (6, 0, 0),  # the whole interval, 2 checkpointed blocks of 3 steps
+    (6, 3, 0),  # the last 3 of 6 steps, one level
+    (7, 0, 2),  # 3 blocks of 2 steps + a remainder step
+    (7, 0, 1),  # every step checkpointed on its own
+])
+def test_diff_through_opt_equals_central_finite_difference(interval, lookback, remat_block):
     """kind="exact": new raw value = old - hypergradient under SGD(1); the hypergradient equals
-    the central difference of the validation loss after the unrolled steps (float64)."""
+    the central difference of the validation loss after the unrolled steps (float64), whatever
+    the checkpoint blocks."""
     with jax.enable_x64(True):
-        for lookback in (0, 3):  # the whole interval; the last 3 of 6 steps
-            data, update, step, val_loss, params, values = _exact_setup(6, lookback)
-            hyper_opt = optax.sgd(1.0)
-            names = ("lr", "weight_decay", "momentum")
-            chunk = algorithms.make_chunk(
-                "exact", step=step, update=update, batch_fn=None, val_batch_fn=None,
-                val_loss=val_loss, train_loss=None, interval=6, num_steps=12,
-                optimised=names, hyper_optimizer=hyper_opt, lookback=lookback,
-                lr_clip=(-100.0, 100.0))
-            outer = algorithms.init_outer("exact", values, names, hyper_opt)
-            state = init_state(params, rule.make_rule(), jax.random.key(0), values, outer=outer)
-            new_state, metrics = jax.jit(chunk)(state, data)
-            hypergrad = {n: float(values[n] - new_state.values[n]) for n in names}
+        data, update, step, val_loss, params, values = _exact_setup(interval, lookback)
+        hyper_opt = optax.sgd(1.0)
+        names = ("lr", "weight_decay", "momentum")
+        chunk = algorithms.make_chunk(
+            "exact", step=step, update=update, batch_fn=None, val_batch_fn=None,
+            val_loss=val_loss, train_loss=None, interval=interval, num_steps=2 * interval,
+            optimised=names, hyper_optimizer=hyper_opt, lookback=lookback,
+            lr_clip=(-100.0, 100.0), remat_block=remat_block)
+        outer = algorithms.init_outer("exact", values, names, hyper_opt)
+        state = init_state(params, rule.make_rule(), jax.random.key(0), values, outer=outer)
+        new_state, metrics = jax.jit(chunk)(state, data)
+        hypergrad = {n: float(values[n] - new_state.values[n]) for n in names}
 
-            head = 6 - (lookback or 6)
-            # the first steps (outside the window) are the same for every perturbation
-            start = state
-            for _ in range(head):
-                start, _ = step(start, data)
-            for n in names:
-                eps = 1e-5
-                losses = []
-                for sign in (1, -1):
-                    v = dict(values, **{n: values[n] + sign * eps})
-                    s = start.replace(values=v)
-                    for _ in range(lookback or 6):
-                        s, _ = step(s, data)
-                    losses.append(float(val_loss(s.params, {}, data)))
-                fd = (losses[0] - losses[1]) / (2 * eps)
-                assert abs(hypergrad[n] - fd) <= 1e-6 * max(abs(fd), 1e-3), (n, lookback,
-                                                                             hypergrad[n], fd)
-            # the weights after the chunk are those of the unperturbed unrolled run
-            ref = state
-            for _ in range(6):
-                ref, _ = step(ref, data)
-            np.testing.assert_allclose(new_state.params["w1"], ref.params["w1"], rtol=1e-12)
+        window = lookback or interval
+        # the first steps (outside the window) are the same for every perturbation
+        start = state
+        for _ in range(interval - window):
+            start, _ = step(start, data)
+        for n in names:
+            eps = 1e-5
+            losses = []
+            for sign in (1, -1):
+                v = dict(values, **{n: values[n] + sign * eps})
+                s = start.replace(values=v)
+                for _ in range(window):
+                    s, _ = step(s, data)
+                losses.append(float(val_loss(s.params, {}, data)))
+            fd = (losses[0] - losses[1]) / (2 * eps)
+            assert abs(hypergrad[n] - fd) <= 1e-6 * max(abs(fd), 1e-3), (n, hypergrad[n], fd)
+        # the weights and last loss after the chunk are those of the unperturbed unrolled run
+        ref = state
+        for _ in range(interval):
+            ref, ref_metrics = step(ref, data)
+        np.testing.assert_allclose(new_state.params["w1"], ref.params["w1"], rtol=1e-12)
+        np.testing.assert_allclose(metrics["loss"], ref_metrics["loss"], rtol=1e-12)
 
 
 def test_baydin_hypergradient_is_minus_the_gradient_product():
@@ -321,6 +327,7 @@ def test_compare_smoke_runs_every_algorithm_on_the_same_initialisations(tmp_path
     ({"algorithm.lr_clip": (0.0, -10.0)}, "algorithm.lr_clip"),
     ({"algorithm.neumann_terms": 0}, "algorithm.neumann_terms"),
     ({"algorithm.interval": 0}, "algorithm.interval"),
+    ({"algorithm.remat_block": -1}, "algorithm.remat_block"),
     ({"algorithm.kind": "nope"}, "algorithm.kind"),
     ({"sampled.initial_lr": (0.1, 1e-6, "log"), "num_inits": 3}, "sampled.initial_lr"),
     ({"algorithm.optimised": ("lr", "beta")}, "algorithm.optimised"),

@@ -49,6 +49,7 @@ def algorithm(name: str, horizons: dict, hyper_steps: int) -> ml_collections.Con
     a.hyper_steps = hyper_steps  # hyperparameter steps (total network steps = T x this)
     a.neumann_terms = 5  # K: Neumann terms i = 0..K-1 (hyperparameter_rollback_distance)
     a.lookback = 0  # exact: steps differentiated through, the last of each interval (0 = all)
+    a.remat_block = 1  # exact: steps per checkpointed block (1: none; 0: ceil(sqrt(lookback)))
     a.reset = False  # exact: weights back to their initial values after each hyper step
     a.hyper_optimizer = "adam"  # adam | sgd: the hyperparameter optimizer
     a.hyper_lr = 0.05  # its learning rate
@@ -67,6 +68,8 @@ def algorithm(name: str, horizons: dict, hyper_steps: int) -> ml_collections.Con
     elif name.startswith("diff_through_opt_"):
         a.kind = "exact"
         a.interval, a.hyper_steps, a.reset = horizons[name[len("diff_through_opt_"):]]
+        if a.interval > 200:  # Long / Full: O(sqrt(T)) memory for the long windows
+            a.remat_block = 0
     elif name == "lorraine":
         a.optimised = ("weight_decay",)
     elif name == "baydin":

@@ -116,6 +116,7 @@ def validate(config) -> None:
     cc.number(config, "algorithm.hyper_steps", 1, integer=True)
     cc.number(config, "algorithm.neumann_terms", 1, integer=True)
     cc.number(config, "algorithm.lookback", 0, integer=True)
+    cc.number(config, "algorithm.remat_block", 0, integer=True)
     cc.choice(config, "algorithm.per_parameter_lr", (True, False))
     cc.choice(config, "algorithm.reset", (True, False))
     cc.choice(config, "algorithm.hyper_optimizer", HYPER_OPTIMIZERS)
@@ -280,9 +281,8 @@ def _supervised_task(config, data) -> dict:
     def batch_fn(data, step, key):
         if full_batch:
             return data["x_train"], data["y_train"]
-        perm = jax.random.permutation(jax.random.fold_in(
-            jax.random.wrap_key_data(data["shuffle_key"]), step // spe), n_train)
-        idx = jax.lax.dynamic_slice_in_dim(perm, (step % spe) * bs, bs)
+        idx = rng.epoch_batch(jax.random.wrap_key_data(data["shuffle_key"]), step, spe, bs,
+                              n_train)
         return data["x_train"][idx], data["y_train"][idx]
 
     n_val = len(data["y_val"])
@@ -383,7 +383,7 @@ def build_program(config, data=None, name: str | None = None) -> Program:
         train_loss=lambda p, ms, b, k, v: task["loss"](p, ms, b, k, v)[0],
         interval=a.interval, num_steps=total, optimised=tuple(a.optimised),
         hyper_optimizer=hyper_opt, neumann_terms=a.neumann_terms, lookback=a.lookback,
-        lr_clip=tuple(a.lr_clip), reset=a.reset)
+        lr_clip=tuple(a.lr_clip), reset=a.reset, remat_block=a.remat_block)
 
     def evaluate_one(state, data, splits=("train", "val", "test")):
         out = task["evaluate"](state.params, state.model_state, data, splits)
@@ -718,6 +718,7 @@ def unused_keys(config) -> dict:
         unused["algorithm.neumann_terms"] = f"algorithm.kind={config.algorithm.kind!r}"
     if config.algorithm.kind != "exact":
         unused["algorithm.lookback"] = f"algorithm.kind={config.algorithm.kind!r}"
+        unused["algorithm.remat_block"] = f"algorithm.kind={config.algorithm.kind!r}"
     if config.algorithm.search != "bayesopt" and not config.compare:
         unused["bayesopt"] = "algorithm.search=''"
     return unused
