@@ -12,6 +12,7 @@ linear warm-up) is ``irmx.optim.make_optimizer``.
 import jax
 import jax.numpy as jnp
 
+from irmx import rng
 from irmx.measures.metrics import accuracy, crossentropy
 
 
@@ -38,16 +39,13 @@ def make_loss(apply_fn):
 
 
 def make_batch_fn(batch_size: int, steps_per_epoch: int, augment=None):
-    """Batch ``step`` of a learner: epoch-wise permutation of its training indices (key
-    fold_in(shuffle_key, epoch)), drop-last, then ``augment(key, images)`` if given."""
+    """Batch ``step`` of a learner: epoch-wise shuffle of its training indices
+    (``irmx.rng.epoch_batch``: key fold_in(shuffle_key, epoch), drop-last), then
+    ``augment(key, images)`` if given."""
 
     def batch_fn(data, step, key):
-        epoch = step // steps_per_epoch
-        shuffle_key = jax.random.fold_in(jax.random.wrap_key_data(data["shuffle_key"]), epoch)
-        n = data["train_idx"].shape[0]
-        perm = jax.random.permutation(shuffle_key, n)
-        pos = (step % steps_per_epoch) * batch_size
-        idx = jax.lax.dynamic_slice_in_dim(perm, pos, batch_size)
+        idx = rng.epoch_batch(jax.random.wrap_key_data(data["shuffle_key"]), step,
+                              steps_per_epoch, batch_size, data["train_idx"].shape[0])
         x = data["images"][data["train_idx"][idx]]
         y = data["train_labels"][idx]
         if augment is not None:

@@ -33,6 +33,41 @@ def test_streams_are_stable_distinct_and_vmappable():
         rng.stream(0, "nope")
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 64, 1797, 50000])
+def test_shuffled_index_is_a_permutation(n):
+    p = np.asarray(rng.shuffled_index(jax.random.key(3), jnp.arange(n), n))
+    assert np.array_equal(np.sort(p), np.arange(n))
+    if n > 3:  # shuffled, and a different key shuffles differently
+        assert not np.array_equal(p, np.arange(n))
+        q = np.asarray(rng.shuffled_index(jax.random.key(4), jnp.arange(n), n))
+        assert not np.array_equal(p, q)
+
+
+def test_shuffled_index_is_uniform_over_keys():
+    """Over 4000 keys, where position 0 lands among n=10 is uniform (chi-square, 9 dof, the
+    0.999 quantile is 27.9) and positions 0 and 1 are ordered either way half the time, as for
+    ``jax.random.permutation`` (a biased Feistel with too few rounds fails both)."""
+    n, keys = 10, jax.random.split(jax.random.key(0), 4000)
+    perms = np.asarray(jax.vmap(lambda k: rng.shuffled_index(k, jnp.arange(n), n))(keys))
+    counts = np.bincount(perms[:, 0], minlength=n)
+    expected = len(keys) / n
+    assert np.sum((counts - expected) ** 2 / expected) < 27.9
+    assert abs(np.mean(perms[:, 0] < perms[:, 1]) - 0.5) < 0.05
+    assert all(np.array_equal(np.sort(p), np.arange(n)) for p in perms)
+
+
+def test_epoch_batch_visits_every_point_once_per_epoch():
+    n, bs = 103, 10  # 10 steps per epoch, 3 points dropped
+    key = jax.random.key(7)
+    batches = jax.jit(jax.vmap(lambda s: rng.epoch_batch(key, s, 10, bs, n)))(jnp.arange(20))
+    first, second = np.asarray(batches[:10]).ravel(), np.asarray(batches[10:]).ravel()
+    for epoch in (first, second):
+        assert len(set(epoch.tolist())) == 100 and epoch.min() >= 0 and epoch.max() < n
+    assert not np.array_equal(first, second)  # a fresh shuffle each epoch
+    whole = np.asarray(rng.shuffled_index(jax.random.fold_in(key, 1), jnp.arange(n), n))
+    np.testing.assert_array_equal(second, whole[:100])
+
+
 def test_axis_grid_coords_and_reshape():
     axis = learners.make_axis([5, 6, 7], {"lr": (0.1, 0.2), "penalty_weight": (), "alpha": (1, 2)})
     assert axis.names == ("seed", "lr", "alpha")
