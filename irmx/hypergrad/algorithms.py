@@ -20,8 +20,8 @@ and ``configs/*.yaml``):
   Griewank & Walther 2000, "Algorithm 799: revolve"; Chen et al. 2016, "Training Deep Nets
   with Sublinear Memory Cost"), which holds lookback / B + B states (2 sqrt(lookback) at
   B = ceil(sqrt(lookback)), the setting of the horizons over 200 steps) for one more forward
-  step per step (``benchmarks/hypergrad_memory.py``: 14.7x less memory, 1.5x the time at
-  1000 steps).
+  step per step (``benchmarks/hypergrad_memory.py``, MLP 784-50-10 over 10,000 steps: 94 MB of
+  temporaries instead of 3.1 GB, 1.6x the time).
 * ``baydin`` (Baydin et al. 2018, SGD-HD): T = 1, hypergradient of the raw learning rate
   h = -grad L_V(w_t) . grad L_train(w_{t-1}) (the reference installs this product directly as
   the gradient of the log10 rate, with no chain rule through 10^x; so does this), SGD lr 0.001;
