@@ -97,6 +97,62 @@ def test_ridge_ift_hypergradient_equals_analytic_derivative():
         assert errors[0] > 1e-2 * abs(analytic)  # one term is not the inverse
 
 
+@pytest.mark.parametrize("momentum", [1e-6, 0.5])
+def test_neumann_chunk_on_trained_ridge_equals_analytic_derivative(momentum):
+    """The chunk Ours runs (kind="neumann"), on ridge regression *trained* to its fixed point by
+    the training core's steps (not handed w*): with enough Neumann terms its weight-decay
+    hypergradient (read off an SGD(1) hyperparameter step) is the analytic derivative; the
+    learning rate's and momentum's are zero at the fixed point (the momentum buffer is 0)."""
+    rng = np.random.default_rng(0)
+    x, y, xv, yv = _ridge_problem(rng)
+    with jax.enable_x64(True):
+        wd_, lr = 0.3, 0.05
+        a = 2 / len(y) * x.T @ x
+        w_star = np.linalg.solve(a + wd_ * np.eye(5), 2 / len(y) * x.T @ y)
+        g_val = 2 / len(yv) * xv.T @ (xv @ w_star - yv)
+        analytic = -g_val @ np.linalg.solve(a + wd_ * np.eye(5), w_star) * wd_ * np.log(10)
+
+        data = {k: jnp.asarray(v) for k, v in dict(x=x, y=y, xv=xv, yv=yv).items()}
+
+        def loss_fn(p, ms, batch, key, values):
+            return jnp.mean(jnp.square(batch["x"] @ p["w"] - batch["y"])), {}
+
+        val_loss = lambda p, ms, b: jnp.mean(jnp.square(b["xv"] @ p["w"] - b["yv"]))
+        update = make_update(loss_fn, rule.make_rule())
+        step = make_step(update, None)
+        params = {"w": jnp.zeros(5, jnp.float64)}
+        values = {"lr": jnp.log10(jnp.float64(lr)), "weight_decay": jnp.log10(jnp.float64(wd_)),
+                  "momentum": jnp.log(jnp.float64(momentum)) - jnp.log1p(-momentum)}
+        names = ("lr", "weight_decay", "momentum")
+        hyper_opt = optax.sgd(1.0)
+        chunk = algorithms.make_chunk(
+            "neumann", step=step, update=update, batch_fn=None, val_batch_fn=None,
+            val_loss=val_loss, train_loss=None, interval=1, num_steps=10**6,
+            optimised=names, hyper_optimizer=hyper_opt, neumann_terms=3000,
+            lr_clip=(-100.0, 100.0))
+        outer = algorithms.init_outer("neumann", values, names, hyper_opt)
+        state = init_state(params, rule.make_rule(), jax.random.key(0), values, outer=outer)
+        state, _ = jax.jit(lambda s: jax.lax.scan(lambda c, _: step(c, data), s, None,
+                                                  length=3000))(state)
+        np.testing.assert_allclose(state.params["w"], w_star, rtol=1e-9)  # trained to w*
+        new_state, _ = jax.jit(chunk)(state, data)
+        hypergrad = {n: float(values[n] - new_state.values[n]) for n in names}
+        rel = abs(hypergrad["weight_decay"] - analytic) / abs(analytic)
+        assert rel < 1e-4, (hypergrad, analytic)
+        assert abs(hypergrad["lr"]) < 1e-6 * abs(analytic)
+        assert abs(hypergrad["momentum"]) < 1e-6 * abs(analytic)
+        # the paper's 5 terms are an approximation, not the inverse, on this problem
+        chunk5 = algorithms.make_chunk(
+            "neumann", step=step, update=update, batch_fn=None, val_batch_fn=None,
+            val_loss=val_loss, train_loss=None, interval=1, num_steps=10**6,
+            optimised=names, hyper_optimizer=hyper_opt, neumann_terms=5,
+            lr_clip=(-100.0, 100.0))
+        five = float(values["weight_decay"] - jax.jit(chunk5)(state, data)[0].values[
+            "weight_decay"])
+        assert abs(five - analytic) > 1e-2 * abs(analytic)
+        assert np.sign(five) == np.sign(analytic)
+
+
 def test_neumann_series_terms_are_powers_of_the_jacobian():
     """sum_{i<K} (J^T)^i v for an explicit matrix."""
     with jax.enable_x64(True):
@@ -332,11 +388,51 @@ def test_compare_smoke_runs_every_algorithm_on_the_same_initialisations(tmp_path
     ({"sampled.initial_lr": (0.1, 1e-6, "log"), "num_inits": 3}, "sampled.initial_lr"),
     ({"algorithm.optimised": ("lr", "beta")}, "algorithm.optimised"),
     ({"bayesopt.bounds.momentum": (0.0, 1.0)}, "bayesopt.bounds.momentum"),
+    ({"algorithm.batched": 3, "num_inits": 2}, "algorithm.batched"),
 ])
 def test_bad_values_name_the_key(overrides, key):
     config = uci_config("ours_lr,smoke", **overrides)
     with pytest.raises(ConfigError, match=f"config.{key}="):
         hypergrad.validate(config)
+
+
+# the reference's configs/*.yaml network_weight (raw log10 lr, log10 wd, logit momentum)
+REFERENCE_INITS = {"uci": (-3.0, -16.0, 0.5), "fashion_mnist": (-3.0, -6.0, 0.0),
+                   "cifar10": (-3.3534718751907349, -6.2753795385360718, 1.212821931),
+                   "penn_treebank": (-1.3534718751907349, -9.0, 0.0)}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_INITS))
+def test_unsampled_learner_starts_at_its_data_sets_reference_hyperparameters(name):
+    config = cli.load_config(f"{ROOT}/configs/hypergrad/{name}.py:ours_lr")
+    raw = rule.raw_values(config.init.lr, config.init.weight_decay, config.init.momentum)
+    np.testing.assert_allclose([float(raw[k]) for k in rule.NAMES], REFERENCE_INITS[name],
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, steps", [("uci", 4000), ("fashion_mnist", 10000)])
+def test_diff_through_opt_horizons_are_the_references(name, steps):
+    """Long: the Standalone configs as run_all.py runs them (UCI 200 x 20, Fashion-MNIST 1000 x
+    100, reset); Medium: 200-step intervals without reset at the run's budget; Full: UCI's
+    4000 x 30 (reset); every other algorithm trains ``steps`` network steps."""
+    horizons = {}
+    for h in ("long", "medium", "full"):
+        a = cli.load_config(f"{ROOT}/configs/hypergrad/{name}.py:diff_through_opt_{h}").algorithm
+        horizons[h] = (a.interval, a.hyper_steps, a.reset)
+    want = {"uci": {"long": (200, 20, True), "medium": (200, 20, False),
+                    "full": (4000, 30, True)},
+            "fashion_mnist": {"long": (1000, 100, True), "medium": (200, 50, False),
+                              "full": (10000, 30, True)}}[name]
+    assert horizons == want
+    assert hypergrad.num_steps(cli.load_config(f"{ROOT}/configs/hypergrad/{name}.py:ours_lr")) \
+        == steps == horizons["medium"][0] * horizons["medium"][1]
+
+
+def test_random_3batched_defaults_to_the_spread_it_needs():
+    config = uci_config("random_3batched")
+    assert config.num_inits == 200 and config.algorithm.batched == 3
+    hypergrad.validate(config)
+    assert uci_config("random").num_inits == 0  # one learner at config.init unless asked
 
 
 def test_missing_uci_file_is_one_clear_error(tmp_path):

