@@ -60,6 +60,15 @@ def _ridge_update():
     return make_update(loss_fn, rule.make_rule())
 
 
+def _ridge_analytic(x, y, xv, yv, wd):
+    """w* = (A + wd I)^-1 2/n X^T y with A = 2/n X^T X, grad L_V(w*), and dL_V/dlog10(wd) =
+    -grad L_V(w*)^T (A + wd I)^-1 w* * wd ln 10 (numpy, float64)."""
+    a = 2 / len(y) * x.T @ x + wd * np.eye(x.shape[1])
+    w_star = np.linalg.solve(a, 2 / len(y) * x.T @ y)
+    g_val = 2 / len(yv) * xv.T @ (xv @ w_star - yv)
+    return w_star, g_val, -g_val @ np.linalg.solve(a, w_star) * wd * np.log(10)
+
+
 def test_ridge_ift_hypergradient_equals_analytic_derivative():
     """At the fixed point (2/n X^T X + wd I) w* = 2/n X^T y, dL_V/dlog10(wd) =
     -grad L_V(w*)^T (A + wd I)^-1 w* * wd ln 10; the IFT (dense solve) gives it."""
@@ -67,10 +76,7 @@ def test_ridge_ift_hypergradient_equals_analytic_derivative():
     x, y, xv, yv = _ridge_problem(rng)
     with jax.enable_x64(True):
         wd_, lr = 0.3, 0.05
-        a = 2 / len(y) * x.T @ x
-        w_star = np.linalg.solve(a + wd_ * np.eye(5), 2 / len(y) * x.T @ y)
-        g_val = 2 / len(yv) * xv.T @ (xv @ w_star - yv)
-        analytic = -g_val @ np.linalg.solve(a + wd_ * np.eye(5), w_star) * wd_ * np.log(10)
+        w_star, g_val, analytic = _ridge_analytic(x, y, xv, yv, wd_)
 
         update = _ridge_update()
         params = {"w": jnp.asarray(w_star)}
@@ -107,10 +113,7 @@ def test_neumann_chunk_on_trained_ridge_equals_analytic_derivative(momentum):
     x, y, xv, yv = _ridge_problem(rng)
     with jax.enable_x64(True):
         wd_, lr = 0.3, 0.05
-        a = 2 / len(y) * x.T @ x
-        w_star = np.linalg.solve(a + wd_ * np.eye(5), 2 / len(y) * x.T @ y)
-        g_val = 2 / len(yv) * xv.T @ (xv @ w_star - yv)
-        analytic = -g_val @ np.linalg.solve(a + wd_ * np.eye(5), w_star) * wd_ * np.log(10)
+        w_star, g_val, analytic = _ridge_analytic(x, y, xv, yv, wd_)
 
         data = {k: jnp.asarray(v) for k, v in dict(x=x, y=y, xv=xv, yv=yv).items()}
 
